@@ -1,0 +1,254 @@
+"""Typed, frozen configs loaded from YAML with ``--key value`` CLI overrides.
+
+Every config in the project is a frozen dataclass whose fields carry one line of documentation in
+``field(metadata={"doc": ...})``. This module knows nothing about RLHF: it turns a YAML mapping plus CLI
+overrides into such a dataclass, checking every key and every type, and raising :class:`ConfigError`
+with the offending field's dotted name and a hint at the fix. Range checks live in each dataclass's
+``__post_init__`` and raise the same error, so a bad value never reaches compute and no setting is ever
+silently rewritten.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, Sequence, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, of the wrong type, or out of range. The message names the field."""
+
+
+def doc_field(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with its one-line documentation attached (shown by :func:`describe`)."""
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata={"doc": doc})
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+def check(condition: bool, name: str, message: str) -> None:
+    """Raise a :class:`ConfigError` naming field ``name`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(f"config field '{name}': {message}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Type checking and conversion of one value
+# ----------------------------------------------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, name: str) -> Any:
+    """Check ``value`` against annotation ``tp`` and return it converted (lists -> tuples, dicts -> dataclasses)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        arms = [a for a in args if a is not type(None)]
+        if len(arms) == 1:  # Optional[X]: X's own, more precise error
+            return _convert(value, arms[0], name)
+        for arm in arms:
+            try:
+                return _convert(value, arm, name)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config field '{name}': expected one of {[_type_name(a) for a in args]}, got {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"config field '{name}': must be one of {list(args)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config field '{name}': expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=name + ".")
+    if origin in (tuple, list, Sequence, typing.Sequence) or tp in (tuple, list):
+        if isinstance(value, str) and "," in value:  # CLI convenience: --fixed 0.3,0.7
+            value = [yaml.safe_load(v) for v in value.split(",")]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config field '{name}': expected a list, got {value!r}")
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{name}[{i}]") for i, v in enumerate(value))
+        if origin is tuple and args:
+            if len(args) != len(value):
+                raise ConfigError(f"config field '{name}': expected {len(args)} items, got {len(value)}")
+            return tuple(_convert(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        inner = args[0] if args else Any
+        return tuple(_convert(v, inner, f"{name}[{i}]") for i, v in enumerate(value))
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config field '{name}': expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config field '{name}': expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config field '{name}': expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config field '{name}': expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config field '{name}': expected a string, got {value!r}")
+        return value
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"config field '{name}': expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrongly typed values."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {[prefix + k for k in unknown]} for {cls.__name__}; "
+            f"valid keys: {sorted(prefix + k for k in fields)}"
+        )
+    kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in data.items()}
+    missing = [k for k, f in fields.items() if k not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"config field(s) {[prefix + k for k in missing]} are required and have no default")
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        if prefix and "'" in str(err):  # qualify the field name with its parent path
+            msg = str(err).replace("config field '", f"config field '{prefix}", 1)
+            raise ConfigError(msg) from None
+        raise
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML-serialisable dict of a config (tuples become lists)."""
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(cfg)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# YAML + CLI
+# ----------------------------------------------------------------------------------------------------------
+
+def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
+    """``["--a.b", "3", "--flag", "--c=x"]`` -> ``{"a": {"b": 3}, "flag": True, "c": "x"}``.
+
+    Values are parsed as YAML scalars/lists so that ``--fixed [0.3,0.7]`` and ``--lr 1e-4`` work.
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if not tok.startswith("--"):
+            raise ConfigError(f"unexpected argument {tok!r}: overrides are written --key value or --key=value")
+        key = tok[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            raw = argv[i + 1]
+            i += 2
+        else:
+            raw = "true"
+            i += 1
+        value = yaml.safe_load(raw) if raw != "" else ""
+        if isinstance(value, float) is False and isinstance(raw, str) and _looks_like_float(raw):
+            value = float(raw)  # YAML 1.1 reads "1e-4" as a string
+        node = out
+        parts = key.replace("-", "_").split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override --{key} conflicts with an earlier override of '{p}'")
+        node[parts[-1]] = value
+    return out
+
+
+def _looks_like_float(raw: str) -> bool:
+    try:
+        float(raw)
+    except ValueError:
+        return False
+    return any(c in raw for c in ".eE") and raw.lower() not in {"nan", "inf", "-inf", "infinity"}
+
+
+def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``override`` into a copy of ``base`` (override wins)."""
+    merged = dict(base)
+    for k, v in override.items():
+        if isinstance(v, Mapping) and isinstance(merged.get(k), Mapping):
+            merged[k] = deep_merge(dict(merged[k]), v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Load ``cls`` from a YAML file (optional) and apply ``--key value`` overrides on top."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist; pass --config PATH to a YAML file")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a YAML mapping of fields, got {type(loaded).__name__}")
+        data = loaded
+    data = deep_merge(data, parse_overrides(list(overrides)))
+    return from_dict(cls, data)
+
+
+def split_config_arg(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """Pull ``--config PATH`` (and DeepSpeed's ``--local_rank``) out of argv; return (path, overrides)."""
+    path, rest, i = None, [], 0
+    argv = list(argv)
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--config" and i + 1 < len(argv):
+            path, i = argv[i + 1], i + 2
+        elif tok.startswith("--config="):
+            path, i = tok.split("=", 1)[1], i + 1
+        elif tok.startswith("--local_rank") or tok.startswith("--local-rank"):
+            i += 1 if "=" in tok else 2  # the deepspeed launcher adds it; LOCAL_RANK env carries the same value
+        else:
+            rest.append(tok)
+            i += 1
+    return path, rest
+
+
+def describe(cls: type, prefix: str = "") -> str:
+    """Human-readable list of every field with its type, default and documentation (for ``--help``)."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines.append(f"{prefix}{f.name}:  ({tp.__name__}) {f.metadata.get('doc', '')}")
+            lines.append(describe(tp, prefix + f.name + "."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            "<required>" if f.default_factory is dataclasses.MISSING else f.default_factory())
+        lines.append(f"{prefix}{f.name}: {_type_name(tp)} = {default!r}  # {f.metadata.get('doc', '')}")
+    return "\n".join(lines)
