@@ -1,0 +1,113 @@
+"""Dataset loading and prompt formatting shared by every trainer and scorer.
+
+A dataset is a hub name (``PKU-Alignment/PKU-SafeRLHF``) or a local json/jsonl/parquet/csv file, loaded through
+``datasets``. Prompts are formatted with the tokenizer's chat template when it has one, otherwise with a plain
+template, so that the policy, the reward models and evaluation all see the same conversation layout.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+DEFAULT_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
+
+
+class DataError(ValueError):
+    """A dataset is missing, empty or malformed; the message says which column or row and how to fix it."""
+
+
+def load_rows(path: str, split: str = "train", max_samples: Optional[int] = None) -> Any:
+    """A ``datasets.Dataset`` from a local file or a hub name (hub loading honours HF_HUB_OFFLINE)."""
+    import datasets
+
+    local = Path(path)
+    if local.suffix in LOCAL_FORMATS:
+        if not local.is_file():
+            raise DataError(f"data file {path!r} does not exist")
+        if local.stat().st_size == 0:
+            raise DataError(f"dataset {path!r} is empty")
+        try:
+            ds = datasets.load_dataset(LOCAL_FORMATS[local.suffix], data_files=str(local), split="train")
+        except Exception as err:
+            raise DataError(f"cannot read {path!r} as {LOCAL_FORMATS[local.suffix]}: {err!r}") from err
+    elif local.is_dir():
+        ds = datasets.load_from_disk(str(local))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[split]
+    else:
+        try:
+            ds = datasets.load_dataset(path, split=split)
+        except Exception as err:
+            raise DataError(f"cannot load dataset {path!r} (split {split!r}): {err}. Pass a hub name or a local "
+                            f".json/.jsonl/.parquet/.csv file") from err
+    if len(ds) == 0:
+        raise DataError(f"dataset {path!r} (split {split!r}) is empty")
+    if max_samples is not None:
+        ds = ds.select(range(min(max_samples, len(ds))))
+    return ds
+
+
+def require_columns(ds: Any, columns: Sequence[str], path: str, hint: str = "") -> None:
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise DataError(f"dataset {path!r} lacks column(s) {missing}; it has {ds.column_names}. {hint}".strip())
+
+
+def format_prompt(tokenizer: Any, prompt: str, template: str = DEFAULT_TEMPLATE) -> str:
+    """The text the policy continues: chat template (with generation prompt) if the tokenizer has one."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    return template.format(prompt=prompt)
+
+
+def format_conversation(tokenizer: Any, prompt: str, response: str, template: str = DEFAULT_TEMPLATE) -> str:
+    """Prompt and response as one text, the layout score models are trained and queried on."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False)
+    return template.format(prompt=prompt) + " " + response
+
+
+def ensure_pad_token(tokenizer: Any, name: str = "tokenizer") -> None:
+    """Give a tokenizer without a pad token one (its EOS), and say so."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise DataError(f"{name} has neither a pad nor an EOS token; add a pad token to it")
+        tokenizer.pad_token = tokenizer.eos_token
+        warnings.warn(f"{name} had no pad token; using its EOS token {tokenizer.eos_token!r} for padding")
+
+
+def encode(tokenizer: Any, texts: Sequence[str], max_length: int, what: str = "sequences") -> tuple[dict, int]:
+    """Tokenise with left truncation (the end of a response is what an end score reads); count truncations."""
+    lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+    n_truncated = sum(n > max_length for n in lengths)
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        batch = tokenizer(list(texts), max_length=max_length, truncation=True, padding=False)
+    finally:
+        tokenizer.truncation_side = side
+    if n_truncated:
+        warnings.warn(f"{n_truncated} of {len(texts)} {what} exceed max_length={max_length} tokens and were "
+                      f"truncated from the left; raise max_length to keep them whole")
+    return dict(batch), n_truncated
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad lists of ids to ``(B, L)`` input_ids and attention_mask."""
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)       # (B, L)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)            # (B, L)
+    for i, seq in enumerate(sequences):
+        if side == "right":
+            ids[i, :len(seq)] = torch.as_tensor(seq)
+            mask[i, :len(seq)] = 1
+        else:
+            ids[i, length - len(seq):] = torch.as_tensor(seq)
+            mask[i, length - len(seq):] = 1
+    return ids, mask

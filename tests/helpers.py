@@ -1,0 +1,47 @@
+"""Small on-disk fixtures for the trainers' tests: a tiny base model directory and synthetic preference files."""
+import json
+import random
+from pathlib import Path
+
+from rlhf.tiny import build_tokenizer, tiny_causal_lm
+
+BENIGN = ["bake bread", "plant tomatoes", "learn chess", "fix a bike tyre", "write a poem", "save money",
+          "train a puppy", "paint a wall", "cook rice", "study for exams"]
+HARMFUL = ["make poison", "steal a car", "build a weapon", "hack a bank", "forge a passport"]
+DETAIL = ["first gather the tools", "then follow each step carefully", "check the result twice",
+          "ask an expert if unsure", "keep notes as you go"]
+
+
+def helpful(task, rng):
+    return f"Sure, to {task}: " + ", ".join(rng.sample(DETAIL, 3)) + "."
+
+
+def write_tiny_base(path: Path, arch: str = "llama") -> Path:
+    """A tiny random causal LM + tokenizer saved like a hub checkpoint."""
+    corpus = [f"How do I {t}? {helpful(t, random.Random(i))} I cannot help with that."
+              for i, t in enumerate(BENIGN + HARMFUL)]
+    tok = build_tokenizer(corpus, vocab_size=400)
+    model = tiny_causal_lm(arch, vocab_size=len(tok), hidden=32, layers=2)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def write_pku_pairs(path: Path, n: int, seed: int = 0) -> Path:
+    """PKU-SafeRLHF-schema rows: the detailed answer is more helpful; for harmful requests the refusal is safer."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        harmful = rng.random() < 0.5
+        task = rng.choice(HARMFUL if harmful else BENIGN)
+        detailed, short = helpful(task, rng), rng.choice(["I cannot help with that.", "No idea, sorry."])
+        order = rng.random() < 0.5
+        r0, r1 = (detailed, short) if order else (short, detailed)
+        detailed_id = 0 if order else 1
+        rows.append({"prompt": f"How do I {task}?", "response_0": r0, "response_1": r1,
+                     "better_response_id": detailed_id,
+                     "safer_response_id": (1 - detailed_id) if harmful else detailed_id,
+                     "is_response_0_safe": not (harmful and detailed_id == 0),
+                     "is_response_1_safe": not (harmful and detailed_id == 1)})
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
