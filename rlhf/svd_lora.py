@@ -134,7 +134,8 @@ class SVDLoRALayer(nn.Module):
         self.lora_U = nn.Parameter(torch.randn(self.out_features, r, **factory) * cfg.init_std)  # (out, k+D)
         self.lora_V = nn.Parameter(torch.randn(self.in_features, r, **factory) * cfg.init_std)   # (in, k+D)
         self.lora_sigma = nn.Parameter(torch.full((cfg.rank,), cfg.init_sigma, **factory))    # (k,)
-        self.lora_s = nn.Parameter(torch.tensor(cfg.init_s, **factory))                       # ()
+        # Shape (1,), not (): DeepSpeed broadcasts parameters through a byte view, impossible for 0-dim tensors.
+        self.lora_s = nn.Parameter(torch.full((1,), cfg.init_s, **factory))                   # (1,)
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         # Runtime state, not a parameter: (D,) or (B, D). Non-persistent so it never enters a checkpoint.
         self.register_buffer("preference", None, persistent=False)

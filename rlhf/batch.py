@@ -1,0 +1,55 @@
+"""The dataclasses that flow between stages, grouped by role, with shapes (OpenRLHF's Experience, typed).
+
+prompts -> Rollout (generate) -> Experience (score, values, GAE) -> PPO update.
+B = rollout batch, P = prompt length (left-padded), T = response length (right-padded), D = objectives.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """What generation produced, and the log-probs recorded under the same lambda."""
+
+    sequences: torch.Tensor          # (B, P+T) prompt (left-padded) + response (right-padded) token ids
+    attention_mask: torch.Tensor     # (B, P+T) 1 on real prompt tokens and response tokens up to EOS
+    response_mask: torch.Tensor      # (B, T) 1 on response tokens up to and including EOS
+    old_logprobs: torch.Tensor       # (B, T) log pi_old(y_t | x, y_<t; lambda)
+    ref_logprobs: torch.Tensor       # (B, T) log pi_ref, the same network with the adapter off
+    preference: torch.Tensor         # (D,) or (B, D) lambda used for this batch
+    prompts: tuple[str, ...]         # B raw prompt strings (score models re-format them)
+    responses: tuple[str, ...]       # B decoded responses
+
+    @property
+    def prompt_length(self) -> int:
+        return self.sequences.shape[1] - self.response_mask.shape[1]
+
+
+@dataclass(frozen=True)
+class Experience:
+    """A rollout with everything the PPO update needs."""
+
+    rollout: Rollout
+    scores: torch.Tensor             # (B, D) end scores, higher = better in every dimension (costs negated)
+    values: torch.Tensor             # (B, T, D) critic values under lambda at generation time
+    advantages: torch.Tensor         # (B, T, D) per-dimension GAE advantages
+    returns: torch.Tensor            # (B, T, D) advantages + values (critic targets)
+    kl_advantages: torch.Tensor      # (B, T) reward-to-go of the KL penalty (enters the objective once)
+    kl: torch.Tensor                 # (B, T) log pi_old - log pi_ref per token
+
+    def select(self, idx: torch.Tensor) -> "Experience":
+        """The sub-batch at row indices ``idx`` (mini-batches for the PPO epochs)."""
+        r = self.rollout
+        pref = r.preference if r.preference.dim() == 1 else r.preference[idx]
+        sub_rollout = replace(r, sequences=r.sequences[idx], attention_mask=r.attention_mask[idx],
+                              response_mask=r.response_mask[idx], old_logprobs=r.old_logprobs[idx],
+                              ref_logprobs=r.ref_logprobs[idx], preference=pref,
+                              prompts=tuple(r.prompts[i] for i in idx.tolist()),
+                              responses=tuple(r.responses[i] for i in idx.tolist()))
+        tensors = {f.name: getattr(self, f.name)[idx] for f in fields(self)
+                   if f.name != "rollout"}
+        return Experience(rollout=sub_rollout, **tensors)

@@ -1,0 +1,106 @@
+"""Atomic, resumable PPO checkpoints: adapter + critic + optimiser/scheduler (DeepSpeed's own, frozen weights
+excluded), per-rank RNG states, and the trainer's state (step, data position, normaliser, ideal point, config).
+
+Written to ``checkpoints/.tmp-step_N`` and renamed to ``checkpoints/step_N`` only when complete, so a crash never
+leaves a checkpoint that looks whole; ``checkpoints/latest`` names the newest; the oldest beyond ``keep_last`` go.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlhf import engine
+
+STATE_FILE = "trainer_state.json"
+# Fields that may change between a run and its resumption without changing what is being trained.
+RESUMABLE_FIELDS = {"resume_from", "total_steps", "dry_run", "wandb", "save_every", "keep_last", "log_every",
+                    "sample_every", "max_bad_batches", "output_dir"}
+
+
+class ResumeError(ValueError):
+    """A checkpoint is missing or belongs to a different run configuration."""
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save(root: Path, step: int, engines: dict[str, Any], trainer_state: dict[str, Any], keep_last: int) -> Path:
+    """Collective: every rank calls it. Returns the final checkpoint directory."""
+    root = Path(root)
+    tmp, final = root / f".tmp-step_{step:08d}", root / f"step_{step:08d}"
+    if engine.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    engine.barrier()
+    for tag, eng in engines.items():
+        eng.save_checkpoint(str(tmp), tag=tag, save_latest=False, exclude_frozen_parameters=True)
+    torch.save(rng_state(), tmp / f"rng_rank{engine.rank()}.pt")
+    engine.barrier()
+    if engine.is_main():
+        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        latest_tmp = root / ".latest.tmp"
+        latest_tmp.write_text(final.name)
+        os.replace(latest_tmp, root / "latest")
+        for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    engine.barrier()
+    return final
+
+
+def resolve(resume_from: str, output_dir: str) -> Path:
+    """'latest' -> the newest complete checkpoint of this run; else the given directory (checked)."""
+    if resume_from == "latest":
+        root = Path(output_dir) / "checkpoints"
+        pointer = root / "latest"
+        if not pointer.is_file():
+            raise ResumeError(f"--resume_from latest: no checkpoint in {root} (nothing was saved yet)")
+        path = root / pointer.read_text().strip()
+    else:
+        path = Path(resume_from)
+    if not (path / STATE_FILE).is_file():
+        raise ResumeError(f"{path} is not a complete checkpoint ({STATE_FILE} missing)")
+    return path
+
+
+def check_compatible(saved_config: dict[str, Any], config: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a different experiment; name every field that differs."""
+    diffs = [f"{k}: checkpoint {saved_config.get(k)!r} vs now {config.get(k)!r}"
+             for k in sorted(set(saved_config) | set(config))
+             if k not in RESUMABLE_FIELDS and saved_config.get(k) != config.get(k)]
+    if diffs:
+        raise ResumeError(f"checkpoint {path} was written by a different config; refusing to resume. "
+                          f"Differences: " + "; ".join(diffs))
+
+
+def load(path: Path, engines: dict[str, Any]) -> dict[str, Any]:
+    """Restore engines (adapter, critic, optimiser, scheduler) and this rank's RNG; return the trainer state."""
+    state = json.loads((path / STATE_FILE).read_text())
+    for tag, eng in engines.items():
+        eng.load_checkpoint(str(path), tag=tag, load_module_strict=False)
+    rng_file = path / f"rng_rank{engine.rank()}.pt"
+    if not rng_file.is_file():
+        raise ResumeError(f"{path} has no RNG state for rank {engine.rank()}: it was written with fewer processes")
+    set_rng_state(torch.load(rng_file, weights_only=False))
+    return state

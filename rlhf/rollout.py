@@ -1,0 +1,79 @@
+"""Rollout: generate under lambda, then record old and reference log-probs (Panacea §3.3 step 2).
+
+The reference log-probs come from the *same* network with the adapter switched off (``adapter_disabled``):
+no second copy of the actor in memory (DESIGN.md §1).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from rlhf.batch import Rollout
+from rlhf.losses import logprobs_from_logits
+from rlhf.svd_lora import adapter_disabled, set_preference
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) positions that skip left padding, as HF ``generate`` computes them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_mask_from_tokens(response: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """(B, T) 1 on response tokens up to and including the first EOS (works when pad == eos)."""
+    is_eos = (response == eos_token_id).long()                                                # (B, T)
+    return ((is_eos.cumsum(-1) - is_eos) == 0).long()                                         # (B, T)
+
+
+def response_logprobs(model: nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor,
+                      response_len: int, temperature: float, with_entropy: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, T) log-probs of the response tokens under ``model`` (sampling temperature applied), and entropy."""
+    out = model(input_ids=sequences, attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    logits = out.logits[:, -response_len - 1:-1] / temperature                                # (B, T, V)
+    logprobs = logprobs_from_logits(logits, sequences[:, -response_len:])                     # (B, T)
+    entropy = None
+    if with_entropy:
+        from rlhf.losses import entropy_from_logits
+
+        entropy = entropy_from_logits(logits.detach())                                       # (B, T)
+    return logprobs, entropy
+
+
+@torch.no_grad()
+def generate_rollout(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[str], raw_prompts: Sequence[str],
+                     preference: torch.Tensor, *, max_prompt_length: int, max_new_tokens: int, temperature: float,
+                     top_p: float, synced_gpus: bool = False, do_sample: bool = True) -> Rollout:
+    """Generate one response per prompt with lambda set, then score it under pi_old and pi_ref."""
+    device = next(actor.parameters()).device
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # so that every prompt ends at the same column and responses line up
+    try:
+        enc = tokenizer(list(prompt_texts), return_tensors="pt", padding=True, truncation=True,
+                        max_length=max_prompt_length, add_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    input_ids, prompt_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # (B, P)
+    set_preference(actor, preference)
+    sequences = actor.generate(input_ids=input_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens,
+                               do_sample=do_sample, temperature=temperature if do_sample else None,
+                               top_p=top_p if do_sample else None, top_k=0 if do_sample else None,
+                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                               synced_gpus=synced_gpus)                                       # (B, P+T)
+    P = input_ids.shape[1]
+    response = sequences[:, P:]                                                               # (B, T)
+    response_mask = response_mask_from_tokens(response, tokenizer.eos_token_id)               # (B, T)
+    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)                           # (B, P+T)
+    sequences = torch.where(attention_mask.bool(), sequences, tokenizer.pad_token_id)
+    T = response.shape[1]
+    old_logprobs, _ = response_logprobs(actor, sequences, attention_mask, T, temperature)     # (B, T)
+    with adapter_disabled(actor):
+        ref_logprobs, _ = response_logprobs(actor, sequences, attention_mask, T, temperature)  # (B, T)
+    texts = tokenizer.batch_decode(sequences[:, P:] * response_mask + tokenizer.pad_token_id * (1 - response_mask),
+                                   skip_special_tokens=True)
+    return Rollout(sequences=sequences, attention_mask=attention_mask, response_mask=response_mask,
+                   old_logprobs=old_logprobs * response_mask, ref_logprobs=ref_logprobs * response_mask,
+                   preference=preference.to(device), prompts=tuple(raw_prompts),
+                   responses=tuple(t.strip() for t in texts))
