@@ -88,7 +88,13 @@ def load_score_model(path: str, dtype: Optional[torch.dtype] = None) -> tuple[nn
     local = Path(path)
     meta = read_dimension(path) if local.is_dir() else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        if not local.is_dir() and _is_safe_rlhf(AutoConfig.from_pretrained(path).to_dict()):
+            # A hub safe-rlhf model (beaver-7b-v1.0-*): its score_head would not map onto HF's `score` and would
+            # silently load as a random head, so fetch the files and convert them instead.
+            from huggingface_hub import snapshot_download
+
+            local = Path(snapshot_download(path))
+        tokenizer = AutoTokenizer.from_pretrained(local if local.is_dir() else path)
         if local.is_dir() and (local / "config.json").is_file() and \
                 _is_safe_rlhf(json.loads((local / "config.json").read_text())):
             model, extra = safe_rlhf_to_hf(local)

@@ -1,0 +1,241 @@
+"""PPO end to end on tiny models: in-process (world size 1) and through the deepspeed launcher."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from rlhf import checkpoint
+from rlhf.config import ConfigError, load_config
+from rlhf.ppo_config import PPOConfig
+from rlhf.svd_lora import read_adapter_config
+from reward_models.score_model import ScoreModelError, write_dimension
+from tests.helpers import write_pku_pairs, write_tiny_base
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ppo_world")
+    base = write_tiny_base(root / "base")
+    tok = AutoTokenizer.from_pretrained(base)
+    for name, kind, seed in (("rm", "reward", 1), ("cm", "cost", 2)):
+        torch.manual_seed(seed)
+        m = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+        m.config.pad_token_id = tok.pad_token_id
+        m.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+        write_dimension(root / name, name=name, kind=kind)
+    write_pku_pairs(root / "prompts.jsonl", 64, seed=3)
+    return root
+
+
+def make_config(world, out, **over):
+    cfg = {
+        "actor_model": str(world / "base"), "output_dir": str(out),
+        "objectives": [{"name": "helpful", "model": str(world / "rm"), "kind": "reward"},
+                       {"name": "harmless", "model": str(world / "cm"), "kind": "cost"}],
+        "adapter": {"rank": 4, "pref_dim": 2}, "prompts": {"path": str(world / "prompts.jsonl"),
+                                                            "max_prompt_length": 24},
+        "generation": {"max_new_tokens": 8}, "rollout_batch_size": 4, "mini_batch_size": 4, "micro_batch_size": 2,
+        "total_steps": 3, "precision": "fp32", "save_every": 0, "sample_every": 0, "seed": 7,
+        "ppo": {"actor_lr": 5e-3, "critic_lr": 5e-3}, "wandb": {"mode": "disabled"},
+    }
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            cfg[k] = {**cfg[k], **v}
+        else:
+            cfg[k] = v
+    path = Path(out).parent / (Path(out).name + ".yaml")
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def load(path, *overrides):
+    return load_config(PPOConfig, path, list(overrides))
+
+
+def metrics(out):
+    return [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------- in process
+
+def test_only_adapter_and_critic_change_and_lambda_is_held(world, tmp_path, monkeypatch):
+    import rlhf.trainer as trainer_mod
+
+    seen = {"rollout": [], "update": []}
+    real_gen, real_loss = trainer_mod.generate_rollout, trainer_mod.policy_loss
+
+    def spy_gen(actor, tok, texts, raw, lam, **kw):
+        seen["rollout"].append(lam.clone())
+        return real_gen(actor, tok, texts, raw, lam, **kw)
+
+    def spy_loss(logprobs, old, adv, kl_adv, mask, lam, *a, **kw):
+        seen["update"].append(lam.clone())
+        from rlhf.svd_lora import get_preference
+        seen.setdefault("adapter", []).append(get_preference(tr.actor.module).clone())
+        return real_loss(logprobs, old, adv, kl_adv, mask, lam, *a, **kw)
+
+    monkeypatch.setattr(trainer_mod, "generate_rollout", spy_gen)
+    monkeypatch.setattr(trainer_mod, "policy_loss", spy_loss)
+    cfg = load(make_config(world, tmp_path / "run", ppo={"ppo_epochs": 2}))
+    tr = trainer_mod.PPOTrainer(cfg)
+    before = {n: p.detach().clone() for n, p in tr.actor.module.named_parameters()}
+    critic_before = {n: p.detach().clone() for n, p in tr.critic.module.named_parameters()}
+    tr.train()
+    changed = {n for n, p in tr.actor.module.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed), sorted(changed)[:5]
+    assert any(n.endswith("lora_s") for n in changed) and any(n.endswith("lora_sigma") for n in changed)
+    c_changed = {n for n, p in tr.critic.module.named_parameters() if not torch.equal(p, critic_before[n])}
+    assert c_changed and all("lora_" in n or n.startswith("value_head") for n in c_changed)
+    # lambda of each step: the same at generation, in every update micro-batch (2 epochs x 2), and in the adapter
+    assert len(seen["rollout"]) == 3 and len(seen["update"]) == 3 * 2 * 2
+    for step, lam in enumerate(seen["rollout"]):
+        for upd in seen["update"][4 * step:4 * step + 4] + seen["adapter"][4 * step:4 * step + 4]:
+            torch.testing.assert_close(upd.cpu(), lam.cpu())
+    m = metrics(tmp_path / "run")
+    assert [r["step"] for r in m] == [1, 2, 3]
+    for key in ("train/score/helpful", "train/return/harmless", "train/value_loss/helpful", "train/kl",
+                "train/policy_loss", "train/clipfrac", "train/approx_kl", "train/entropy", "train/response_length",
+                "train/lambda/harmless", "time/generate", "time/score", "time/update", "perf/generate_tokens_per_s"):
+        assert key in m[0], key
+    final = tmp_path / "run" / "policy"
+    adapter_cfg, meta = read_adapter_config(final)
+    assert adapter_cfg.pref_dim == 2 and (final / "tokenizer.json").is_file() and (final / "critic").is_dir()
+
+
+def test_tche_and_per_sample_preferences_and_ptx_run(world, tmp_path):
+    from rlhf.trainer import PPOTrainer
+
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps({"text": f"How do I cook rice? Boil it {i}."}) + "\n"
+                                                for i in range(8)))
+    cfg = load(make_config(world, tmp_path / "tche", aggregation="tche", total_steps=2,
+                           preference={"per": "sample"}, ptx={"path": str(tmp_path / "sft.jsonl"), "coef": 0.5}))
+    PPOTrainer(cfg).train()
+    m = metrics(tmp_path / "tche")
+    assert "train/ideal/helpful" in m[-1] and "train/ptx_loss" in m[-1]
+
+
+def test_nan_scores_skip_then_abort_without_checkpoint(world, tmp_path, monkeypatch):
+    import rlhf.trainer as trainer_mod
+
+    cfg = load(make_config(world, tmp_path / "nan", max_bad_batches=2, save_every=1))
+    tr = trainer_mod.PPOTrainer(cfg)
+    monkeypatch.setattr(tr.scorer, "raw", lambda p, r: torch.full((len(p), 2), float("nan")))
+    with pytest.warns(UserWarning, match="NaN/inf scores"):
+        with pytest.raises(trainer_mod.NonFiniteScoresError, match="2 consecutive batches"):
+            tr.train()
+    assert not (tmp_path / "nan" / "checkpoints").exists()
+
+
+def test_resume_refuses_a_different_config(world, tmp_path):
+    from rlhf.trainer import PPOTrainer
+
+    PPOTrainer(load(make_config(world, tmp_path / "a", total_steps=1))).train()
+    other = load(make_config(world, tmp_path / "a", total_steps=2, aggregation="tche", resume_from="latest"))
+    with pytest.raises(checkpoint.ResumeError, match=r"aggregation: checkpoint 'ls' vs now 'tche'"):
+        PPOTrainer(other)
+    with pytest.raises(checkpoint.ResumeError, match="no checkpoint"):
+        PPOTrainer(load(make_config(world, tmp_path / "fresh", resume_from="latest")))
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_config_errors(world, tmp_path):
+    path = make_config(world, tmp_path / "bad")
+    with pytest.raises(ConfigError, match=r"adapter.pref_dim.*is 3 but 2 objectives"):
+        load(path, "--adapter.pref_dim", "3")
+    with pytest.raises(ConfigError, match="'aggregation': must be one of"):
+        load(path, "--aggregation", "max")
+    with pytest.raises(ConfigError, match="preference.fixed.*sum to 1"):
+        load(path, "--preference.mode", "fixed", "--preference.fixed", "[0.5, 0.6]")
+    with pytest.raises(ConfigError, match="preference.fixed.*has 3 entries"):
+        load(path, "--preference.mode", "fixed", "--preference.fixed", "[0.2, 0.2, 0.6]")
+    with pytest.raises(ConfigError, match="micro_batch_size.*must divide"):
+        load(path, "--micro_batch_size", "3")
+
+
+def test_data_and_model_errors(world, tmp_path):
+    from rlhf.data import DataError
+    from rlhf.trainer import PPOTrainer
+
+    with pytest.raises(DataError, match=r"lacks column\(s\) \['question'\].*prompts.prompt_column"):
+        PPOTrainer(load(make_config(world, tmp_path / "x", prompts={"prompt_column": "question"})))
+    with pytest.raises(ScoreModelError, match="cannot load score model"):
+        PPOTrainer(load(make_config(world, tmp_path / "y", objectives=[
+            {"name": "helpful", "model": str(tmp_path / "nope"), "kind": "reward"},
+            {"name": "harmless", "model": str(world / "cm"), "kind": "cost"}])))
+
+
+def test_paper_config_dry_run():
+    proc = subprocess.run([sys.executable, "rlhf/train_ppo.py", "--config", "configs/ppo_paper_hh.yaml", "--dry_run"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert info["dry_run"] == "ok" and info["world_size"] == 8 and info["zero_stage"] == 3
+    assert info["prompts_per_step"] == 128 and info["train_batch_size"] == 8 * 8
+    bad = subprocess.run([sys.executable, "rlhf/train_ppo.py", "--config", "configs/ppo_paper_hh.yaml", "--dry_run",
+                          "--micro_batch_size", "5"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "micro_batch_size" in bad.stderr
+
+
+# ---------------------------------------------------------------- launcher and kill/resume
+
+def _env():
+    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage,procs", [(2, 1), (3, 1), (2, 2), (3, 2)])
+def test_deepspeed_launcher(world, tmp_path, stage, procs):
+    out = tmp_path / f"ppo_z{stage}_{procs}"
+    cfg = make_config(world, out, ds_config=f"ds_configs/zero{stage}.json", total_steps=2, world_size=procs,
+                      wandb={"mode": "offline"}, sample_every=1)
+    cmd = ["deepspeed", "--num_gpus", str(procs), "--master_port", str(29700 + 10 * stage + procs),
+           "rlhf/train_ppo.py", "--config", str(cfg)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [m["step"] for m in metrics(out)] == [1, 2]
+    from safetensors.torch import load_file
+
+    state = load_file(str(out / "policy" / "adapter_model.safetensors"))
+    assert any(k.endswith("lora_s") and v.abs().sum() > 0 for k, v in state.items())  # s moved off its 0 init
+    assert (out / "checkpoints" / "latest").is_file()
+    assert list(out.glob("wandb/offline-run-*")), "W&B offline run missing"
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_logs_the_same_metrics(world, tmp_path):
+    def run(out, extra=(), kill_after_checkpoint=False):
+        cfg = make_config(world, out, total_steps=4, save_every=2)
+        cmd = [sys.executable, "rlhf/train_ppo.py", "--config", str(cfg), *extra]
+        if not kill_after_checkpoint:
+            proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            return
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while not (Path(out) / "checkpoints" / "latest").is_file():
+            assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    run(tmp_path / "full")
+    run(tmp_path / "killed", kill_after_checkpoint=True)
+    assert len(metrics(tmp_path / "killed")) < 4, "the kill came too late to test resumption"
+    run(tmp_path / "killed", extra=["--resume_from", "latest"])
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
+
+    assert strip(metrics(tmp_path / "killed")) == strip(metrics(tmp_path / "full"))
