@@ -117,6 +117,8 @@ class PPOConfig:
     sample_every: int = doc_field(10, "log a table of sample completions every N steps (0: never)")
     max_bad_batches: int = doc_field(3, "abort after this many batches in a row with NaN/inf scores")
     resume_from: Optional[str] = doc_field(None, "checkpoint directory, or 'latest' in output_dir/checkpoints")
+    eval_scorers: dict[str, str] = doc_field(
+        factory=dict, doc="extra scorers for evaluate.py, name -> 'module:function' (e.g. a ground-truth oracle)")
     dry_run: bool = doc_field(False, "validate config, DeepSpeed settings and batch arithmetic; load no model")
     wandb: WandbConfig = doc_field(factory=WandbConfig, doc="W&B logging")
 

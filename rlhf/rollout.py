@@ -5,7 +5,7 @@ no second copy of the actor in memory (DESIGN.md §1).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -43,10 +43,15 @@ def response_logprobs(model: nn.Module, sequences: torch.Tensor, attention_mask:
 
 
 @torch.no_grad()
-def generate_rollout(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[str], raw_prompts: Sequence[str],
-                     preference: torch.Tensor, *, max_prompt_length: int, max_new_tokens: int, temperature: float,
-                     top_p: float, synced_gpus: bool = False, do_sample: bool = True) -> Rollout:
-    """Generate one response per prompt with lambda set, then score it under pi_old and pi_ref."""
+def generate(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[str], preference: Optional[torch.Tensor], *,
+             max_prompt_length: int, max_new_tokens: int, temperature: float, top_p: float,
+             synced_gpus: bool = False, do_sample: bool = True
+             ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+    """Left-padded prompts -> (sequences (B, P+T) with pads after EOS, attention_mask (B, P+T), prompt length P,
+    response_mask (B, T)).
+
+    ``preference`` (D,) or (B, D) is written into the adapter first; None leaves the model as it is.
+    """
     device = next(actor.parameters()).device
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # so that every prompt ends at the same column and responses line up
@@ -56,24 +61,38 @@ def generate_rollout(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[st
     finally:
         tokenizer.padding_side = side
     input_ids, prompt_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # (B, P)
-    set_preference(actor, preference)
+    if preference is not None:
+        set_preference(actor, preference)
+    sampling = dict(temperature=temperature, top_p=top_p, top_k=0) if do_sample else {}
     sequences = actor.generate(input_ids=input_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens,
-                               do_sample=do_sample, temperature=temperature if do_sample else None,
-                               top_p=top_p if do_sample else None, top_k=0 if do_sample else None,
-                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                               synced_gpus=synced_gpus)                                       # (B, P+T)
+                               do_sample=do_sample, pad_token_id=tokenizer.pad_token_id,
+                               eos_token_id=tokenizer.eos_token_id, synced_gpus=synced_gpus, **sampling)  # (B, P+T)
     P = input_ids.shape[1]
-    response = sequences[:, P:]                                                               # (B, T)
-    response_mask = response_mask_from_tokens(response, tokenizer.eos_token_id)               # (B, T)
+    response_mask = response_mask_from_tokens(sequences[:, P:], tokenizer.eos_token_id)       # (B, T)
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)                           # (B, P+T)
     sequences = torch.where(attention_mask.bool(), sequences, tokenizer.pad_token_id)
-    T = response.shape[1]
+    return sequences, attention_mask, P, response_mask
+
+
+def decode_responses(tokenizer: Any, sequences: torch.Tensor, prompt_length: int) -> list[str]:
+    """Response texts (special tokens and padding removed)."""
+    return [t.strip() for t in tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)]
+
+
+@torch.no_grad()
+def generate_rollout(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[str], raw_prompts: Sequence[str],
+                     preference: torch.Tensor, *, max_prompt_length: int, max_new_tokens: int, temperature: float,
+                     top_p: float, synced_gpus: bool = False, do_sample: bool = True) -> Rollout:
+    """Generate one response per prompt with lambda set, then score it under pi_old and pi_ref."""
+    sequences, attention_mask, P, response_mask = generate(actor, tokenizer, prompt_texts, preference,
+                                                           max_prompt_length=max_prompt_length,
+                                                           max_new_tokens=max_new_tokens, temperature=temperature,
+                                                           top_p=top_p, synced_gpus=synced_gpus, do_sample=do_sample)
+    T = response_mask.shape[1]
     old_logprobs, _ = response_logprobs(actor, sequences, attention_mask, T, temperature)     # (B, T)
     with adapter_disabled(actor):
         ref_logprobs, _ = response_logprobs(actor, sequences, attention_mask, T, temperature)  # (B, T)
-    texts = tokenizer.batch_decode(sequences[:, P:] * response_mask + tokenizer.pad_token_id * (1 - response_mask),
-                                   skip_special_tokens=True)
     return Rollout(sequences=sequences, attention_mask=attention_mask, response_mask=response_mask,
                    old_logprobs=old_logprobs * response_mask, ref_logprobs=ref_logprobs * response_mask,
-                   preference=preference.to(device), prompts=tuple(raw_prompts),
-                   responses=tuple(t.strip() for t in texts))
+                   preference=preference.to(sequences.device), prompts=tuple(raw_prompts),
+                   responses=tuple(decode_responses(tokenizer, sequences, P)))

@@ -33,6 +33,7 @@ from rlhf.rollout import generate_rollout, position_ids_from_mask, response_logp
 from rlhf.scoring import RunningMeanStd, Scorer
 from rlhf.svd_lora import apply_svd_lora, count_parameters, save_adapter, set_preference
 from rlhf.tracking import Tracker
+from rlhf.runs import write_run_info
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -355,8 +356,9 @@ class PPOTrainer:
             save_adapter(self.actor.module, tmp, state_dict=actor_state)
             self.tokenizer.save_pretrained(tmp)
             (tmp / "ppo_config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
-            (tmp / "objectives.json").write_text(json.dumps(
-                [{"name": o.name, "model": o.model, "kind": o.kind} for o in self.cfg.objectives], indent=2))
+            write_run_info(tmp, trainer="ppo", base_model=self.cfg.actor_model, objectives=self.cfg.objectives,
+                           preference=self.cfg.preference, eval_scorers=self.cfg.eval_scorers, step=self.step,
+                           prompts_path=self.cfg.prompts.path)
             save_critic(self.critic.module, tmp / "critic", state=critic_state)
             if final.exists():
                 shutil.rmtree(final)

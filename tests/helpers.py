@@ -1,6 +1,8 @@
 """Small on-disk fixtures for the trainers' tests: a tiny base model directory and synthetic preference files."""
 import json
+import os
 import random
+import sys
 from pathlib import Path
 
 from rlhf.tiny import build_tokenizer, tiny_causal_lm
@@ -45,3 +47,21 @@ def write_pku_pairs(path: Path, n: int, seed: int = 0) -> Path:
                      "is_response_1_safe": not (harmful and detailed_id == 1)})
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
+
+
+def length_oracle(prompts, responses):
+    """A trivial extra scorer for tests: (N, 2) = (word count, -word count)."""
+    import numpy as np
+
+    n = np.array([len(r.split()) for r in responses], float)
+    return np.stack([n, -n], axis=1)
+
+
+def clean_env():
+    """Environment for launching a trainer subprocess: this interpreter's bin first, and none of the
+    torch.distributed variables that an in-process test run left behind (a reused MASTER_PORT collides)."""
+    drop = {"MASTER_PORT", "MASTER_ADDR", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    return env

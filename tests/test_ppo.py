@@ -16,26 +16,11 @@ from rlhf import checkpoint
 from rlhf.config import ConfigError, load_config
 from rlhf.ppo_config import PPOConfig
 from rlhf.svd_lora import read_adapter_config
-from reward_models.score_model import ScoreModelError, write_dimension
-from tests.helpers import write_pku_pairs, write_tiny_base
+from reward_models.score_model import ScoreModelError
+
+from tests.helpers import clean_env
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ppo_world")
-    base = write_tiny_base(root / "base")
-    tok = AutoTokenizer.from_pretrained(base)
-    for name, kind, seed in (("rm", "reward", 1), ("cm", "cost", 2)):
-        torch.manual_seed(seed)
-        m = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
-        m.config.pad_token_id = tok.pad_token_id
-        m.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-        write_dimension(root / name, name=name, kind=kind)
-    write_pku_pairs(root / "prompts.jsonl", 64, seed=3)
-    return root
 
 
 def make_config(world, out, **over):
@@ -191,7 +176,7 @@ def test_paper_config_dry_run():
 # ---------------------------------------------------------------- launcher and kill/resume
 
 def _env():
-    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    return clean_env()
 
 
 @pytest.mark.slow

@@ -17,6 +17,8 @@ from rlhf.config import ConfigError, load_config
 from rlhf.data import DataError, encode, ensure_pad_token, format_conversation, load_rows
 from tests.helpers import write_pku_pairs, write_tiny_base
 
+from tests.helpers import clean_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -215,7 +217,7 @@ def test_deepspeed_launcher(base_dir, pairs_file, tmp_path, stage, procs):
            "--data.path", str(pairs_file), "--data.schema", "pku_saferlhf", "--data.max_length", "128",
            "--precision", "fp32", "--lr", "1e-3", "--epochs", "2", "--micro_batch_size", "8", "--eval_every", "100",
            "--ds_config", f"ds_configs/zero{stage}.json", "--wandb.mode", "offline"]
-    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    env = clean_env()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     dim = json.loads((out / "dimension.json").read_text())

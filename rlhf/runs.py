@@ -1,0 +1,66 @@
+"""The run format every trainer writes and ``evaluate.py`` reads: ``RUN/policy/``.
+
+``policy/`` holds the SVD-LoRA adapter (``adapter_model.safetensors`` + ``adapter_config.json``), the policy
+tokenizer, and ``run.json``: the trainer, the base model, the objectives (name, score model, kind), the training
+preference (a fixed lambda marks a DPS / Rewarded-Soups baseline run) and any extra evaluation scorers.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from rlhf.config import to_dict
+
+RUN_INFO = "run.json"
+
+
+def write_run_info(path: Path, *, trainer: str, base_model: str, objectives: Sequence[Any], preference: Any,
+                   eval_scorers: dict[str, str], step: int, prompts_path: Optional[str] = None) -> None:
+    info = {"trainer": trainer, "base_model": base_model, "prompts_path": prompts_path,
+            "objectives": [{"name": o.name, "model": o.model, "kind": o.kind} for o in objectives],
+            "preference": to_dict(preference), "eval_scorers": dict(eval_scorers), "step": step}
+    (Path(path) / RUN_INFO).write_text(json.dumps(info, indent=2))
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    path: Path                       # RUN/policy
+    trainer: str
+    base_model: str
+    objectives: list[dict[str, str]]
+    fixed_preference: Optional[list[float]]
+    eval_scorers: dict[str, str]
+
+    @property
+    def objective_names(self) -> list[str]:
+        return [o["name"] for o in self.objectives]
+
+
+def read_run(run: str | Path) -> RunInfo:
+    """Accept ``RUN`` or ``RUN/policy``; refuse a directory without an adapter with a clear message."""
+    run = Path(run)
+    policy = run / "policy" if (run / "policy").is_dir() else run
+    missing = [f for f in ("adapter_model.safetensors", "adapter_config.json", RUN_INFO) if not (policy / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run} is not a finished run: {policy} lacks {missing}. Pass the output_dir of a "
+                                f"train_ppo/train_dpo/train_sft run that has completed")
+    info = json.loads((policy / RUN_INFO).read_text())
+    pref = info.get("preference") or {}
+    fixed = list(pref["fixed"]) if pref.get("mode") == "fixed" and pref.get("fixed") else None
+    return RunInfo(policy, info["trainer"], info["base_model"], info["objectives"], fixed, info.get("eval_scorers", {}))
+
+
+def load_callable(spec: str) -> Callable[..., Any]:
+    """'package.module:function' -> the function (extra scorers such as a ground-truth oracle)."""
+    if ":" not in spec:
+        raise ValueError(f"scorer {spec!r} must be written 'module:function'")
+    module, name = spec.split(":", 1)
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path:  # user modules are named relative to where the command runs
+        sys.path.insert(0, os.getcwd())
+    return getattr(importlib.import_module(module), name)
