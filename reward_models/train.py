@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -24,6 +22,7 @@ import torch
 from rlhf import engine
 from rlhf.config import ConfigError, check, describe, doc_field, load_config, split_config_arg, to_dict
 from rlhf.data import ensure_pad_token
+from rlhf.loop import total_optimizer_steps, train_loop
 from rlhf.tracking import Tracker, WandbConfig
 from reward_models.data import PairTensors, PreferenceDataConfig, load_pairs
 from reward_models.losses import score_model_loss
@@ -69,15 +68,6 @@ class ScoreTrainConfig:
         check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         check(self.score_reg_coef >= 0, "score_reg_coef", f"must be >= 0, got {self.score_reg_coef}")
         check(self.eval_every >= 1 and self.log_every >= 1, "eval_every", "eval_every and log_every must be >= 1")
-
-
-def _shard(n: int, epoch: int, seed: int, rank: int, world: int) -> list[int]:
-    """This rank's indices for one epoch: a seeded shuffle, padded by wrapping so every rank gets as many."""
-    order = list(range(n))
-    random.Random(seed + epoch).shuffle(order)
-    per_rank = math.ceil(n / world)
-    order += order[: per_rank * world - n]
-    return order[rank::world]
 
 
 @torch.no_grad()
@@ -126,11 +116,10 @@ def _save(model_engine: Any, tokenizer: Any, cfg: ScoreTrainConfig, out: Path, m
 
 
 def train(cfg: ScoreTrainConfig) -> dict[str, Any]:
-    from tqdm import tqdm
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 
     engine.init_distributed()
-    rank, world = engine.rank(), engine.world_size()
+    world = engine.world_size()
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_name_or_path or cfg.model_name_or_path)
     ensure_pad_token(tokenizer)
@@ -138,8 +127,8 @@ def train(cfg: ScoreTrainConfig) -> dict[str, Any]:
     train_pairs, eval_pairs = load_pairs(cfg.data, cfg.kind, cfg.seed)
     train_data = PairTensors(train_pairs, tokenizer, cfg.data.max_length, cfg.data.prompt_template, "training")
     eval_data = PairTensors(eval_pairs, tokenizer, cfg.data.max_length, cfg.data.prompt_template, "evaluation")
-    micro_per_epoch = math.ceil(len(train_data) / (cfg.micro_batch_size * world))
-    total_steps = cfg.max_steps or max(1, (micro_per_epoch * cfg.epochs) // cfg.grad_accum)
+    total_steps = total_optimizer_steps(len(train_data), cfg.micro_batch_size, cfg.grad_accum, cfg.epochs,
+                                        cfg.max_steps)
     ds_config = engine.resolve_ds_config(
         cfg.ds_config, micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,
         weight_decay=cfg.weight_decay, precision=cfg.precision, max_grad_norm=cfg.max_grad_norm,
@@ -158,56 +147,28 @@ def train(cfg: ScoreTrainConfig) -> dict[str, Any]:
         print(f"[reward_models] {cfg.kind} model '{cfg.name}': {len(train_data)} train / {len(eval_data)} eval pairs, "
               f"world size {world}, {total_steps} optimiser steps of {cfg.micro_batch_size * cfg.grad_accum * world} "
               f"pairs", flush=True)
-
     dev = engine.device()
-    step, epoch, micro = 0, 0, 0
-    window = torch.zeros(3, dtype=torch.float64, device=dev)  # loss sum, accuracy sum, micro-batches
-    metrics: dict[str, Any] = {}
-    bar = tqdm(total=total_steps, disable=not engine.is_main(), desc=f"train {cfg.name}", dynamic_ncols=True)
-    initial = evaluate(model_engine, eval_data, cfg.kind, cfg.eval_batch_size)  # the untrained baseline
-    tracker.log(initial, 0)
-    losses: list[float] = []
-    t0 = time.time()
+
+    def step_fn(indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = train_data.batch(indices)
+        scores = end_scores(model_engine, batch["input_ids"].to(dev), batch["attention_mask"].to(dev))   # (2B,)
+        better, worse = scores.chunk(2)                                                                 # (B,)
+        loss, m = score_model_loss(better, worse, cfg.kind, cfg.score_reg_coef,
+                                   batch["better_sign"].to(dev), batch["worse_sign"].to(dev))
+        return loss, {"accuracy": m["accuracy"].item()}
+
     model_engine.train()
-    while step < total_steps:
-        indices = _shard(len(train_data), epoch, cfg.seed, rank, world)
-        for start in range(0, len(indices), cfg.micro_batch_size):
-            batch = train_data.batch(indices[start:start + cfg.micro_batch_size])
-            scores = end_scores(model_engine, batch["input_ids"].to(dev), batch["attention_mask"].to(dev))  # (2B,)
-            better, worse = scores.chunk(2)                                                                # (B,)
-            loss, m = score_model_loss(better, worse, cfg.kind, cfg.score_reg_coef,
-                                       batch["better_sign"].to(dev), batch["worse_sign"].to(dev))
-            model_engine.backward(loss)
-            model_engine.step()
-            micro += 1
-            window += torch.tensor([loss.item(), m["accuracy"].item(), 1.0], dtype=torch.float64, device=dev)
-            if micro % cfg.grad_accum:
-                continue
-            step += 1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == total_steps:
-                engine.all_reduce_sum(window)
-                logs = {"train/loss": window[0].item() / window[2].item(),
-                        "train/accuracy": window[1].item() / window[2].item(),
-                        "train/lr": model_engine.get_lr()[0], "train/epoch": epoch}
-                tracker.log(logs, step)
-                losses.append(logs["train/loss"])
-                bar.set_postfix(loss=f"{logs['train/loss']:.3f}", acc=f"{logs['train/accuracy']:.2f}")
-                window.zero_()
-            if step % cfg.eval_every == 0 or step == total_steps:
-                metrics = evaluate(model_engine, eval_data, cfg.kind, cfg.eval_batch_size)
-                tracker.log(metrics, step)
-                if engine.is_main():
-                    bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-            if step >= total_steps:
-                break
-        epoch += 1
-    bar.close()
+    res = train_loop(model_engine, len(train_data), micro_batch_size=cfg.micro_batch_size,
+                     grad_accum=cfg.grad_accum, total_steps=total_steps, seed=cfg.seed, step_fn=step_fn,
+                     eval_fn=lambda: evaluate(model_engine, eval_data, cfg.kind, cfg.eval_batch_size),
+                     log_every=cfg.log_every, eval_every=cfg.eval_every, tracker=tracker, desc=f"train {cfg.name}")
+    metrics, step = res.final_eval, res.steps
     summary = {"accuracy": metrics.get("eval/accuracy"), "sign_accuracy": metrics.get("eval/sign_accuracy"),
                "score_mean": metrics.get("eval/score_mean"), "score_std": metrics.get("eval/score_std"),
-               "initial_accuracy": initial["eval/accuracy"], "first_loss": losses[0], "final_loss": losses[-1],
+               "initial_accuracy": res.initial_eval["eval/accuracy"], "first_loss": res.losses[0],
+               "final_loss": res.losses[-1],
                "train_steps": step, "world_size": world, "train_pairs": len(train_data),
-               "eval_pairs": len(eval_data), "seconds": round(time.time() - t0, 1),
+               "eval_pairs": len(eval_data), "seconds": res.seconds,
                "base_model": cfg.model_name_or_path}
     _save(model_engine, tokenizer, cfg, out, summary)
     tracker.finish()
