@@ -1,0 +1,299 @@
+"""Panacea-DPO: one DPO loss per preference dimension, aggregated under a sampled lambda (Panacea §5, HH-DPO).
+
+    deepspeed rlhf/train_dpo.py --config configs/<x>.yaml [--key value ...]
+
+For each dimension i the same prompt has its own preferred/rejected responses (PKU-SafeRLHF: ``better_response_id``
+for helpful, ``safer_response_id`` for harmless; generic: one chosen/rejected column pair per dimension):
+
+    L_i = -log sigmoid(beta * [(log pi - log pi_ref)(y_w^i) - (log pi - log pi_ref)(y_l^i)])
+
+aggregated by the registry PPO uses (``ls``: sum_i lambda_i L_i; ``tche``: max_i lambda_i L_i). pi_ref is the same
+network with the adapter off. Output: ``output_dir/policy/`` (the run format ``evaluate.py`` reads).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+
+from rlhf import engine
+from rlhf.aggregation import get_aggregator
+from rlhf.config import ConfigError, check, describe, doc_field, load_config, split_config_arg, to_dict
+from rlhf.data import DEFAULT_TEMPLATE, DataError, ensure_pad_token, format_prompt, load_rows, pad_batch, \
+    require_columns
+from rlhf.loop import total_optimizer_steps, train_loop
+from rlhf.preference import PreferenceConfig, sample_preference
+from rlhf.rollout import position_ids_from_mask
+from rlhf.losses import logprobs_from_logits
+from rlhf.scoring import ObjectiveConfig
+from rlhf.svd_lora import SVDLoRAConfig, adapter_disabled, apply_svd_lora, save_adapter, set_preference
+from rlhf.tracking import Tracker, WandbConfig
+
+
+def dpo_losses(policy_w: torch.Tensor, policy_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
+               beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair DPO loss and reward margin. Inputs: sequence log-probs (..., ) of chosen (w) and rejected (l)."""
+    margin = beta * ((policy_w - ref_w) - (policy_l - ref_l))
+    return -F.logsigmoid(margin), margin
+
+
+@dataclass(frozen=True)
+class DPODataConfig:
+    """Pairs per dimension: PKU-SafeRLHF (ids per dimension) or generic (a chosen/rejected column pair each)."""
+
+    path: str = doc_field("", "hub dataset name or local .json/.jsonl/.parquet/.csv file")
+    split: str = doc_field("train", "split (hub datasets)")
+    schema: Literal["pku_saferlhf", "generic"] = doc_field("pku_saferlhf", "column layout")
+    id_columns: tuple[str, ...] = doc_field(("better_response_id", "safer_response_id"),
+                                            "pku_saferlhf: the preferred-response id column of each dimension")
+    pair_columns: tuple[tuple[str, str], ...] = doc_field((), "generic: [chosen, rejected] columns per dimension")
+    prompt_column: str = doc_field("prompt", "prompt column")
+    eval_fraction: float = doc_field(0.05, "rows held out for evaluation")
+    max_length: int = doc_field(256, "prompt + response tokens kept (responses truncated at the end)")
+    prompt_template: str = doc_field(DEFAULT_TEMPLATE, "layout when the tokenizer has no chat template")
+    max_samples: Optional[int] = doc_field(None, "use at most this many rows")
+
+    def __post_init__(self) -> None:
+        check(bool(self.path), "data.path", "is required")
+        check(0 < self.eval_fraction < 1, "data.eval_fraction", "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """A Panacea-DPO run."""
+
+    model_name_or_path: str = doc_field("", "SFT model (hub name or path)")
+    tokenizer: Optional[str] = doc_field(None, "tokenizer (null: the model's)")
+    output_dir: str = doc_field("runs/dpo", "run directory; the policy goes to output_dir/policy")
+    objectives: tuple[ObjectiveConfig, ...] = doc_field((), "the D objectives (name; score model used by evaluate.py)")
+    adapter: SVDLoRAConfig = doc_field(factory=SVDLoRAConfig, doc="SVD-LoRA (pref_dim = D)")
+    data: DPODataConfig = doc_field(factory=DPODataConfig, doc="preference pairs per dimension")
+    preference: PreferenceConfig = doc_field(factory=PreferenceConfig, doc="lambda sampling")
+    aggregation: Literal["ls", "tche", "stche"] = doc_field("ls", "how per-dimension losses combine")
+    stche_mu: float = doc_field(0.1, "temperature of smooth Tchebycheff")
+    beta: float = doc_field(0.1, "DPO inverse temperature")
+    ds_config: str = doc_field("ds_configs/zero2.json", "DeepSpeed JSON")
+    precision: Literal["fp32", "bf16", "fp16"] = doc_field("bf16", "training precision")
+    epochs: int = doc_field(1, "passes over the data")
+    max_steps: Optional[int] = doc_field(None, "stop after N optimiser steps (null: epochs decide)")
+    micro_batch_size: int = doc_field(8, "rows per forward pass per process")
+    grad_accum: int = doc_field(1, "micro-batches per optimiser step")
+    lr: float = doc_field(5e-4, "learning rate (adapter)")
+    weight_decay: float = doc_field(0.0, "AdamW weight decay")
+    warmup_ratio: float = doc_field(0.03, "fraction of steps with linear warm-up")
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = doc_field("cosine", "decay after warm-up")
+    max_grad_norm: float = doc_field(1.0, "gradient clipping")
+    eval_every: int = doc_field(50, "evaluate every N optimiser steps")
+    log_every: int = doc_field(10, "log every N optimiser steps")
+    seed: int = doc_field(42, "seed")
+    eval_scorers: dict[str, str] = doc_field(factory=dict, doc="extra scorers for evaluate.py (name -> module:fn)")
+    wandb: WandbConfig = doc_field(factory=WandbConfig, doc="W&B logging")
+
+    def __post_init__(self) -> None:
+        check(bool(self.model_name_or_path), "model_name_or_path", "is required")
+        D = len(self.objectives)
+        check(D >= 1, "objectives", "needs at least one objective")
+        check(self.adapter.pref_dim == D, "adapter.pref_dim", f"is {self.adapter.pref_dim} but {D} objectives")
+        n_cols = len(self.data.id_columns) if self.data.schema == "pku_saferlhf" else len(self.data.pair_columns)
+        check(n_cols == D, "data.id_columns" if self.data.schema == "pku_saferlhf" else "data.pair_columns",
+              f"name {n_cols} dimension columns but {D} objectives are configured")
+        check(self.beta > 0, "beta", f"must be > 0, got {self.beta}")
+
+    @property
+    def names(self) -> list[str]:
+        return [o.name for o in self.objectives]
+
+
+class DPOData:
+    """Per row: the distinct responses (ids with prompt) and per dimension (chosen index, rejected index)."""
+
+    def __init__(self, rows: list[dict[str, Any]], cfg: DPODataConfig, tokenizer: Any) -> None:
+        self.pad_id = tokenizer.pad_token_id
+        self.rows: list[tuple[list[tuple[list[int], int]], list[tuple[int, int]]]] = []
+        dropped = truncated = 0
+        for row in rows:
+            if cfg.schema == "pku_saferlhf":
+                texts = [row["response_0"], row["response_1"]]
+                pairs = [(int(row[c]), 1 - int(row[c])) for c in cfg.id_columns]
+            else:
+                texts, pairs = [], []
+                for chosen, rejected in cfg.pair_columns:
+                    for t in (row[chosen], row[rejected]):
+                        if t not in texts:
+                            texts.append(t)
+                    pairs.append((texts.index(row[chosen]), texts.index(row[rejected])))
+            if any(c == r or texts[c].strip() == texts[r].strip() for c, r in pairs):
+                dropped += 1
+                continue
+            p_ids = tokenizer(format_prompt(tokenizer, row[cfg.prompt_column], cfg.prompt_template),
+                              add_special_tokens=True)["input_ids"]
+            seqs = []
+            for t in texts:
+                ids = p_ids + tokenizer(" " + t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                truncated += len(ids) > cfg.max_length
+                seqs.append((ids[:cfg.max_length], min(len(p_ids), cfg.max_length - 1)))
+            self.rows.append((seqs, pairs))
+        if dropped:
+            warnings.warn(f"dropped {dropped} rows where a dimension's chosen and rejected responses are identical")
+        if truncated:
+            warnings.warn(f"{truncated} sequences exceed data.max_length={cfg.max_length}; truncated at the end")
+        if not self.rows:
+            raise DataError(f"{cfg.path!r} has no usable rows (every pair has identical responses)")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, indices: list[int]) -> dict[str, Any]:
+        seqs, owners, pairs = [], [], []
+        for i in indices:
+            s, p = self.rows[i]
+            base = len(seqs)
+            seqs += s
+            pairs.append([(base + c, base + r) for c, r in p])
+        ids, mask = pad_batch([x for x, _ in seqs], self.pad_id)                               # (S, L)
+        loss_mask = mask.clone()
+        for j, (_, plen) in enumerate(seqs):
+            loss_mask[j, :plen] = 0
+        return {"input_ids": ids, "attention_mask": mask, "loss_mask": loss_mask,
+                "pairs": torch.tensor(pairs)}                                                  # (B, D, 2)
+
+
+def sequence_logprobs(model: Any, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(S,) summed log-probs of the response tokens."""
+    ids, mask = b["input_ids"], b["attention_mask"]
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                   use_cache=False).logits[:, :-1]                                             # (S, L-1, V)
+    lp = logprobs_from_logits(logits, ids[:, 1:])                                              # (S, L-1)
+    return (lp * b["loss_mask"][:, 1:]).sum(-1)                                                # (S,)
+
+
+def train(cfg: DPOConfig) -> Path:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_scheduler
+
+    engine.init_distributed()
+    torch.manual_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model_name_or_path)
+    ensure_pad_token(tokenizer)
+    d = cfg.data
+    rows = load_rows(d.path, d.split, d.max_samples)
+    needed = ([d.prompt_column, "response_0", "response_1", *d.id_columns] if d.schema == "pku_saferlhf"
+              else [d.prompt_column, *[c for pair in d.pair_columns for c in pair]])
+    require_columns(rows, needed, d.path, hint="check data.schema / data.id_columns / data.pair_columns")
+    rows = list(rows)
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    n_eval = max(1, int(round(d.eval_fraction * len(rows))))
+    train_data = DPOData([rows[i] for i in order[n_eval:]], d, tokenizer)
+    eval_data = DPOData([rows[i] for i in order[:n_eval]], d, tokenizer)
+    D = len(cfg.objectives)
+    total_steps = total_optimizer_steps(len(train_data), cfg.micro_batch_size, cfg.grad_accum, cfg.epochs,
+                                        cfg.max_steps)
+    ds_config = engine.resolve_ds_config(
+        cfg.ds_config, micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, precision=cfg.precision, max_grad_norm=cfg.max_grad_norm,
+        hidden_size=getattr(AutoConfig.from_pretrained(cfg.model_name_or_path).get_text_config(), "hidden_size", None))
+    with engine.zero3_init(ds_config):
+        model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path)
+    apply_svd_lora(model, cfg.adapter)
+    model.eval()  # no dropout: policy and reference log-probs must compare like with like
+    warmup = int(cfg.warmup_ratio * total_steps)
+    model_engine = engine.initialize(model, ds_config, lambda opt: get_scheduler(
+        cfg.lr_scheduler, opt, num_warmup_steps=warmup, num_training_steps=total_steps))
+    out = Path(cfg.output_dir)
+    tracker = Tracker(cfg.wandb, to_dict(cfg), str(out), active=engine.is_main())
+    aggregator, dev = get_aggregator(cfg.aggregation), engine.device()
+    state = {"micro": 0}
+
+    def per_dim(b: dict[str, Any], lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D) DPO losses and margins under preference lam."""
+        b = {k: v.to(dev) for k, v in b.items()}
+        set_preference(model_engine.module, lam)
+        policy = sequence_logprobs(model_engine, b)                                            # (S,)
+        with torch.no_grad(), adapter_disabled(model_engine.module):
+            ref = sequence_logprobs(model_engine, b)                                           # (S,)
+        w, l = b["pairs"][..., 0], b["pairs"][..., 1]                                           # (B, D) each
+        return dpo_losses(policy[w], policy[l], ref[w], ref[l], cfg.beta)
+
+    def step_fn(indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        lam = sample_preference(cfg.preference, D, cfg.seed, state["micro"] // cfg.grad_accum)   # (D,)
+        state["micro"] += 1
+        losses, margins = per_dim(train_data.batch(indices), lam)                               # (B, D)
+        loss = aggregator(losses.mean(0), lam.to(dev), mu=cfg.stche_mu)
+        metrics = {}
+        for i, n in enumerate(cfg.names):
+            metrics[f"loss/{n}"] = losses[:, i].mean().item()
+            metrics[f"reward_margin/{n}"] = margins[:, i].mean().item()
+            metrics[f"accuracy/{n}"] = (margins[:, i] > 0).float().mean().item()
+        return loss, metrics
+
+    @torch.no_grad()
+    def eval_fn() -> dict[str, float]:
+        """Held-out preference accuracy of each dimension at its own vertex (lambda = e_i)."""
+        idx = list(range(engine.rank(), len(eval_data), engine.world_size()))
+        sums = torch.zeros(D + 1, dtype=torch.float64, device=dev)
+        for start in range(0, len(idx), cfg.micro_batch_size):
+            batch = eval_data.batch(idx[start:start + cfg.micro_batch_size])
+            for i in range(D):
+                _, margins = per_dim(batch, F.one_hot(torch.tensor(i), D).float())
+                sums[i] += ((margins[:, i] > 0).double() + 0.5 * (margins[:, i] == 0).double()).sum()  # ties: 1/2
+            sums[D] += len(batch["pairs"])
+        sums = engine.all_reduce_sum(sums)
+        return {f"eval/accuracy/{n}": (sums[i] / sums[D]).item() for i, n in enumerate(cfg.names)}
+
+    if engine.is_main():
+        print(f"[dpo] {D} objectives {cfg.names}, aggregation={cfg.aggregation}: {len(train_data)} rows, "
+              f"{total_steps} optimiser steps, world size {engine.world_size()}", flush=True)
+    res = train_loop(model_engine, len(train_data), micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum,
+                     total_steps=total_steps, seed=cfg.seed, step_fn=step_fn, eval_fn=eval_fn,
+                     log_every=cfg.log_every, eval_every=cfg.eval_every, tracker=tracker, desc="dpo")
+    final = _save(model_engine, tokenizer, cfg, out, res)
+    tracker.finish()
+    return final
+
+
+def _save(model_engine: Any, tokenizer: Any, cfg: DPOConfig, out: Path, res: Any) -> Path:
+    import json
+
+    from rlhf.runs import write_run_info
+
+    state = engine.full_state_dict(model_engine, only_trainable=True)
+    target = out / "policy"
+    if engine.is_main():
+        tmp = out / ".policy.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_adapter(model_engine.module, tmp, state_dict=state)
+        tokenizer.save_pretrained(tmp)
+        write_run_info(tmp, trainer="dpo", base_model=cfg.model_name_or_path, objectives=cfg.objectives,
+                       preference=cfg.preference, eval_scorers=cfg.eval_scorers, step=res.steps)
+        (tmp / "dpo_summary.json").write_text(json.dumps(
+            {"steps": res.steps, "initial_eval": res.initial_eval, "final_eval": res.final_eval,
+             "first_loss": res.losses[0], "final_loss": res.losses[-1], "seconds": res.seconds}, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        print(f"[dpo] saved {target}", flush=True)
+    engine.barrier()
+    return target
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--help" in argv or "-h" in argv:
+        print(__doc__ + "\nFields (YAML keys / --overrides):\n" + describe(DPOConfig))
+        return
+    path, overrides = split_config_arg(argv)
+    try:
+        cfg = load_config(DPOConfig, path, overrides)
+    except ConfigError as err:
+        sys.exit(f"config error: {err}")
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

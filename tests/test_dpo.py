@@ -1,0 +1,71 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rlhf.config import ConfigError, load_config
+from rlhf.evaluate import build_parser, evaluate
+from rlhf.train_dpo import DPOConfig, dpo_losses, train
+
+
+def test_dpo_loss_hand_worked():
+    loss, margin = dpo_losses(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]),
+                              torch.tensor([-2.0]), beta=0.5)
+    # beta * ((-1 - -2) - (-3 - -2)) = 0.5 * 2 = 1
+    torch.testing.assert_close(margin, torch.tensor([1.0]))
+    torch.testing.assert_close(loss, torch.nn.functional.softplus(torch.tensor([-1.0])))
+
+
+def conflicting_pairs(path, n=240, seed=5):
+    """Every pair: a detailed answer (more helpful) vs a refusal (safer): the two dimensions disagree on every row,
+    so only the preference input can tell the model which one to follow."""
+    import random
+
+    from tests.helpers import BENIGN, HARMFUL, helpful
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        task = rng.choice(BENIGN + HARMFUL)
+        detailed, refusal = helpful(task, rng), "I cannot help with that."
+        first = rng.random() < 0.5
+        r0, r1 = (detailed, refusal) if first else (refusal, detailed)
+        rows.append({"prompt": f"How do I {task}?", "response_0": r0, "response_1": r1,
+                     "better_response_id": 0 if first else 1, "safer_response_id": 1 if first else 0,
+                     "is_response_0_safe": not first, "is_response_1_safe": first})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _cfg(world, tmp_path, *extra):
+    data = conflicting_pairs(tmp_path / "pairs.jsonl")
+    objectives = json.dumps([{"name": "helpful", "model": str(world / "rm"), "kind": "reward"},
+                             {"name": "harmless", "model": str(world / "cm"), "kind": "cost"}])
+    return load_config(DPOConfig, None, [
+        "--model_name_or_path", str(world / "base"), "--output_dir", str(tmp_path / "dpo"),
+        "--objectives", objectives, "--adapter.rank", "4", "--adapter.pref_dim", "2", "--data.path", str(data),
+        "--data.max_length", "96", "--data.eval_fraction", "0.15", "--precision", "fp32", "--lr", "3e-3",
+        "--max_steps", "40", "--micro_batch_size", "8", "--eval_every", "100", "--log_every", "5",
+        "--preference.vertex_prob", "0.5", "--wandb.mode", "disabled", *extra])
+
+
+@pytest.mark.parametrize("aggregation", ["ls", "tche"])
+def test_each_dimension_learns_at_its_vertex_and_run_evaluates(world, tmp_path, aggregation):
+    out = train(_cfg(world, tmp_path, "--aggregation", aggregation))
+    summary = json.loads((out / "dpo_summary.json").read_text())
+    for name in ("helpful", "harmless"):
+        key = f"eval/accuracy/{name}"
+        assert summary["final_eval"][key] >= 0.8 and summary["final_eval"][key] > summary["initial_eval"][key]
+    assert summary["final_loss"] < summary["first_loss"]
+    if aggregation == "ls":
+        front = evaluate(build_parser().parse_args(
+            ["--run", str(tmp_path / "dpo"), "--grid", "0.5", "--n_prompts", "4", "--max_new_tokens", "6",
+             "--prompts", str(tmp_path / "pairs.jsonl"), "--no_wandb", "--out", str(tmp_path / "eval")]))
+        assert np.asarray(front["points"]).shape == (3, 2)
+
+
+def test_dpo_config_errors(world, tmp_path):
+    with pytest.raises(ConfigError, match="name 2 dimension columns but 3 objectives"):
+        load_config(DPOConfig, None, ["--model_name_or_path", "m", "--data.path", "x", "--adapter.pref_dim", "3",
+                                      "--objectives", "[{name: a, model: m}, {name: b, model: m}, {name: c, model: m}]"])
