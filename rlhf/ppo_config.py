@@ -78,6 +78,9 @@ class GenerationConfig:
     max_new_tokens: int = doc_field(128, "response length cap")
     temperature: float = doc_field(1.0, "sampling temperature (log-probs use the same temperature)")
     top_p: float = doc_field(1.0, "nucleus sampling")
+    merge_adapter: bool = doc_field(
+        False, "generate with W0 + dW(lambda) merged (2x faster on GPU; one extra copy of the adapted weights "
+               "during generation; needs per-batch lambda and ZeRO stage 0-2)")
 
     def __post_init__(self) -> None:
         check(self.max_new_tokens >= 1, "generation.max_new_tokens", "must be >= 1")
@@ -145,6 +148,8 @@ class PPOConfig:
         check(self.save_every >= 0 and self.keep_last >= 1, "save_every", "save_every >= 0 and keep_last >= 1")
         check(self.max_bad_batches >= 1, "max_bad_batches", "must be >= 1")
         check(self.world_size is None or self.world_size >= 1, "world_size", "must be >= 1 or null")
+        check(not (self.generation.merge_adapter and self.preference.per == "sample"), "generation.merge_adapter",
+              "needs one lambda per batch (preference.per: batch); per-sample lambdas cannot be merged")
 
     @property
     def grad_accum(self) -> int:

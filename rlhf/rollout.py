@@ -5,6 +5,8 @@ no second copy of the actor in memory (DESIGN.md §1).
 """
 from __future__ import annotations
 
+import contextlib
+
 from typing import Any, Optional, Sequence
 
 import torch
@@ -12,7 +14,7 @@ from torch import nn
 
 from rlhf.batch import Rollout
 from rlhf.losses import logprobs_from_logits
-from rlhf.svd_lora import adapter_disabled, set_preference
+from rlhf.svd_lora import adapter_disabled, merged, set_preference
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -82,12 +84,18 @@ def decode_responses(tokenizer: Any, sequences: torch.Tensor, prompt_length: int
 @torch.no_grad()
 def generate_rollout(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[str], raw_prompts: Sequence[str],
                      preference: torch.Tensor, *, max_prompt_length: int, max_new_tokens: int, temperature: float,
-                     top_p: float, synced_gpus: bool = False, do_sample: bool = True) -> Rollout:
-    """Generate one response per prompt with lambda set, then score it under pi_old and pi_ref."""
-    sequences, attention_mask, P, response_mask = generate(actor, tokenizer, prompt_texts, preference,
+                     top_p: float, synced_gpus: bool = False, do_sample: bool = True, merge: bool = False) -> Rollout:
+    """Generate one response per prompt with lambda set, then score it under pi_old and pi_ref.
+
+    ``merge``: generate with lambda merged into W0 (``svd_lora.merged``); log-probs still use the adapter form.
+    """
+    set_preference(actor, preference)
+    with merged(actor, preference) if merge else contextlib.nullcontext():
+        sequences, attention_mask, P, response_mask = generate(actor, tokenizer, prompt_texts, None,
                                                            max_prompt_length=max_prompt_length,
                                                            max_new_tokens=max_new_tokens, temperature=temperature,
-                                                           top_p=top_p, synced_gpus=synced_gpus, do_sample=do_sample)
+                                                           top_p=top_p, synced_gpus=synced_gpus,
+                                                           do_sample=do_sample)
     T = response_mask.shape[1]
     old_logprobs, _ = response_logprobs(actor, sequences, attention_mask, T, temperature)     # (B, T)
     with adapter_disabled(actor):

@@ -129,6 +129,8 @@ class PPOTrainer:
         self.actor = engine.initialize(actor, actor_ds, sched)
         self.critic = engine.initialize(critic, critic_ds, sched)
         self.synced_gpus = engine.zero_stage(actor_ds) == 3 and self.world > 1
+        if cfg.generation.merge_adapter and engine.zero_stage(actor_ds) == 3:
+            raise ValueError("generation.merge_adapter needs ZeRO stage 0-2: under ZeRO-3 no rank holds full weights")
         self.ptx = self._load_ptx()
         self.norm = RunningMeanStd(len(cfg.objectives))
         self.ideal = torch.tensor(cfg.tche_ideal) if cfg.tche_ideal is not None else None
@@ -176,7 +178,7 @@ class PPOTrainer:
         return generate_rollout(self.actor.module, self.tokenizer, texts, raw, lam,
                                 max_prompt_length=self.cfg.prompts.max_prompt_length,
                                 max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                                synced_gpus=self.synced_gpus)
+                                synced_gpus=self.synced_gpus, merge=g.merge_adapter)
 
     def _values(self, model: Any, rollout: Rollout, lam: torch.Tensor) -> torch.Tensor:
         """(B, T, D) values at the positions that generate each response token."""

@@ -208,3 +208,28 @@ def test_target_modules_subset():
                            SVDLoRAConfig(rank=2, pref_dim=2, target_modules=("q_proj", "v_proj")))
     names = [n for n, _ in svd_lora_layers(model)]
     assert len(names) == 4 and all(n.endswith(("q_proj", "v_proj")) for n in names)
+
+
+def test_merged_context_is_exact_and_restores_bf16_weights_bit_for_bit(input_ids, tokenizer):
+    from rlhf.rollout import generate_rollout
+    from rlhf.svd_lora import merged
+
+    ids, mask = input_ids
+    model = apply_svd_lora(tiny_causal_lm("llama", vocab_size=300), SVDLoRAConfig(rank=4, pref_dim=2))
+    _randomise(model)
+    set_preference(model, [0.3, 0.7])
+    adapted = _logits(model, ids, mask)
+    with merged(model, [0.3, 0.7]):
+        torch.testing.assert_close(_logits(model, ids, mask), adapted, atol=1e-5, rtol=0)
+    kw = dict(max_prompt_length=16, max_new_tokens=5, temperature=1.0, top_p=1.0, do_sample=False)
+    texts = ["How do I bake bread?", "What is the capital of France?"]
+    a = generate_rollout(model, tokenizer, texts, texts, torch.tensor([0.3, 0.7]), merge=True, **kw)
+    b = generate_rollout(model, tokenizer, texts, texts, torch.tensor([0.3, 0.7]), merge=False, **kw)
+    assert torch.equal(a.sequences, b.sequences)
+    torch.testing.assert_close(a.old_logprobs, b.old_logprobs)
+    model.to(torch.bfloat16)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for _ in range(3):
+        with merged(model, [0.9, 0.1]):
+            pass
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
