@@ -6,14 +6,20 @@ Each trainer supplies only ``step_fn(indices) -> (loss, {metric: float})`` and `
 from __future__ import annotations
 
 import math
+import os
 import random
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
 
 import torch
 
 from rlhf import engine
+from rlhf.config import check, doc_field
+from rlhf.tracking import WandbConfig
 
 
 def shard(n: int, epoch: int, seed: int, rank: int, world: int) -> list[int]:
@@ -88,3 +94,132 @@ def train_loop(model_engine: Any, n_items: int, *, micro_batch_size: int, grad_a
     bar.close()
     res.seconds = round(time.time() - t0, 1)
     return res
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What every offline trainer shares: its config fields, engine set-up, atomic saves and command line
+# ----------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SupervisedConfig:
+    """Fields shared by the reward/cost, SFT and DPO trainers (each adds its own data and loss fields)."""
+
+    model_name_or_path: str = doc_field("", "model to start from (hub name or path)")
+    tokenizer: Optional[str] = doc_field(None, "tokenizer (null: the model's own)")
+    output_dir: str = doc_field("runs/out", "where the result goes")
+    ds_config: str = doc_field("ds_configs/zero2.json", "DeepSpeed JSON; its \"auto\" keys are filled from here")
+    precision: Literal["fp32", "bf16", "fp16"] = doc_field("bf16", "training precision")
+    epochs: int = doc_field(1, "passes over the training data")
+    max_steps: Optional[int] = doc_field(None, "stop after this many optimiser steps (null: epochs decide)")
+    micro_batch_size: int = doc_field(8, "rows (pairs) per forward pass per process")
+    grad_accum: int = doc_field(1, "micro-batches per optimiser step")
+    lr: float = doc_field(2e-5, "peak learning rate")
+    weight_decay: float = doc_field(0.0, "AdamW weight decay")
+    warmup_ratio: float = doc_field(0.03, "fraction of steps with linear warm-up")
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = doc_field("cosine", "decay after warm-up")
+    max_grad_norm: float = doc_field(1.0, "gradient clipping")
+    eval_every: int = doc_field(50, "evaluate every N optimiser steps (and at the end)")
+    log_every: int = doc_field(10, "log training metrics every N optimiser steps")
+    gradient_checkpointing: bool = doc_field(False, "trade compute for activation memory")
+    seed: int = doc_field(42, "seed for data order, held-out split and init")
+    wandb: WandbConfig = doc_field(factory=WandbConfig, doc="W&B logging")
+
+    def __post_init__(self) -> None:
+        check(bool(self.model_name_or_path), "model_name_or_path", "is required: a hub name or a local path")
+        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        check(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1 or null, got {self.max_steps}")
+        check(self.micro_batch_size >= 1, "micro_batch_size", f"must be >= 1, got {self.micro_batch_size}")
+        check(self.grad_accum >= 1, "grad_accum", f"must be >= 1, got {self.grad_accum}")
+        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        check(self.eval_every >= 1 and self.log_every >= 1, "eval_every", "eval_every and log_every must be >= 1")
+
+
+def start(cfg: SupervisedConfig) -> Any:
+    """Distributed init, seed, and the tokenizer (with a pad token)."""
+    from transformers import AutoTokenizer
+
+    from rlhf.data import ensure_pad_token
+
+    engine.init_distributed()
+    torch.manual_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model_name_or_path)
+    ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+def build_engine(cfg: SupervisedConfig, load_model: Callable[[], torch.nn.Module], total_steps: int,
+                 prepare: Optional[Callable[[torch.nn.Module], None]] = None) -> Any:
+    """Resolve the DeepSpeed config, load the model (partitioned at load under ZeRO-3), let the trainer
+    ``prepare`` it (e.g. apply the adapter), and wrap it in an engine with a warm-up + decay schedule."""
+    from transformers import AutoConfig, get_scheduler
+
+    hidden = getattr(AutoConfig.from_pretrained(cfg.model_name_or_path).get_text_config(), "hidden_size", None)
+    ds_config = engine.resolve_ds_config(
+        cfg.ds_config, micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, precision=cfg.precision, max_grad_norm=cfg.max_grad_norm, hidden_size=hidden)
+    with engine.zero3_init(ds_config):
+        model = load_model()
+    if prepare is not None:
+        prepare(model)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    warmup = int(cfg.warmup_ratio * total_steps)
+    return engine.initialize(model, ds_config, lambda opt: get_scheduler(
+        cfg.lr_scheduler, opt, num_warmup_steps=warmup, num_training_steps=total_steps))
+
+
+def tracker_for(cfg: SupervisedConfig) -> Any:
+    from rlhf.config import to_dict
+    from rlhf.tracking import Tracker
+
+    out = Path(cfg.output_dir)
+    return Tracker(cfg.wandb, to_dict(cfg), str(out.parent / (out.name + "_wandb")), active=engine.is_main())
+
+
+def save_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """Rank 0 writes into ``target.tmp`` and renames it over ``target``: a crash never leaves half a result."""
+    target = Path(target)
+    if engine.is_main():
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        write(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    engine.barrier()
+    return target
+
+
+def summary(res: LoopResult) -> dict[str, Any]:
+    return {"steps": res.steps, "initial_eval": res.initial_eval, "final_eval": res.final_eval,
+            "first_loss": res.losses[0], "final_loss": res.losses[-1], "seconds": res.seconds}
+
+
+def cli(cls: type, train_fn: Callable[[Any], Any], doc: str, argv: Optional[list[str]] = None) -> None:
+    """``--config PATH [--key value ...]`` or ``--help`` (every field with its documentation)."""
+    from rlhf.config import ConfigError, describe, load_config, split_config_arg
+
+    argv = sys.argv[1:] if argv is None else argv
+    if "--help" in argv or "-h" in argv:
+        print(doc + "\nFields (YAML keys / --overrides):\n" + describe(cls))
+        return
+    path, overrides = split_config_arg(argv)
+    try:
+        cfg = load_config(cls, path, overrides)
+    except ConfigError as err:
+        sys.exit(f"config error: {err}")
+    train_fn(cfg)
+
+
+def split_rows(rows: Any, eval_fraction: float, seed: int, path: str) -> tuple[list[Any], list[Any]]:
+    """(train, held-out) rows by a seeded shuffle; refuses a dataset too small to hold any row out."""
+    from rlhf.data import DataError
+
+    rows = list(rows)
+    n_eval = max(1, int(round(eval_fraction * len(rows))))
+    if len(rows) - n_eval < 1:
+        raise DataError(f"dataset {path!r} has {len(rows)} rows: too few to hold out {n_eval} for evaluation")
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]

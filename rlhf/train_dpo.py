@@ -12,9 +12,7 @@ network with the adapter off. Output: ``output_dir/policy/`` (the run format ``e
 """
 from __future__ import annotations
 
-import os
-import shutil
-import sys
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +23,15 @@ import torch.nn.functional as F
 
 from rlhf import engine
 from rlhf.aggregation import get_aggregator
-from rlhf.config import ConfigError, check, describe, doc_field, load_config, split_config_arg, to_dict
-from rlhf.data import DEFAULT_TEMPLATE, DataError, ensure_pad_token, format_prompt, load_rows, pad_batch, \
-    require_columns
-from rlhf.loop import total_optimizer_steps, train_loop
+from rlhf.config import check, doc_field
+from rlhf.data import DEFAULT_TEMPLATE, DataError, format_prompt, load_rows, pad_batch, require_columns
+from rlhf.loop import (SupervisedConfig, build_engine, cli, save_atomically, split_rows, start, summary,
+                       total_optimizer_steps, tracker_for, train_loop)
 from rlhf.preference import PreferenceConfig, sample_preference
 from rlhf.rollout import position_ids_from_mask
 from rlhf.losses import logprobs_from_logits
 from rlhf.scoring import ObjectiveConfig
 from rlhf.svd_lora import SVDLoRAConfig, adapter_disabled, apply_svd_lora, save_adapter, set_preference
-from rlhf.tracking import Tracker, WandbConfig
 
 
 def dpo_losses(policy_w: torch.Tensor, policy_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
@@ -66,12 +63,11 @@ class DPODataConfig:
 
 
 @dataclass(frozen=True)
-class DPOConfig:
-    """A Panacea-DPO run."""
+class DPOConfig(SupervisedConfig):
+    """A Panacea-DPO run: the shared training fields (rlhf/loop.py) plus objectives, pairs and aggregation."""
 
-    model_name_or_path: str = doc_field("", "SFT model (hub name or path)")
-    tokenizer: Optional[str] = doc_field(None, "tokenizer (null: the model's)")
     output_dir: str = doc_field("runs/dpo", "run directory; the policy goes to output_dir/policy")
+    lr: float = doc_field(5e-4, "learning rate (adapter)")
     objectives: tuple[ObjectiveConfig, ...] = doc_field((), "the D objectives (name; score model used by evaluate.py)")
     adapter: SVDLoRAConfig = doc_field(factory=SVDLoRAConfig, doc="SVD-LoRA (pref_dim = D)")
     data: DPODataConfig = doc_field(factory=DPODataConfig, doc="preference pairs per dimension")
@@ -79,25 +75,10 @@ class DPOConfig:
     aggregation: Literal["ls", "tche", "stche"] = doc_field("ls", "how per-dimension losses combine")
     stche_mu: float = doc_field(0.1, "temperature of smooth Tchebycheff")
     beta: float = doc_field(0.1, "DPO inverse temperature")
-    ds_config: str = doc_field("ds_configs/zero2.json", "DeepSpeed JSON")
-    precision: Literal["fp32", "bf16", "fp16"] = doc_field("bf16", "training precision")
-    epochs: int = doc_field(1, "passes over the data")
-    max_steps: Optional[int] = doc_field(None, "stop after N optimiser steps (null: epochs decide)")
-    micro_batch_size: int = doc_field(8, "rows per forward pass per process")
-    grad_accum: int = doc_field(1, "micro-batches per optimiser step")
-    lr: float = doc_field(5e-4, "learning rate (adapter)")
-    weight_decay: float = doc_field(0.0, "AdamW weight decay")
-    warmup_ratio: float = doc_field(0.03, "fraction of steps with linear warm-up")
-    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = doc_field("cosine", "decay after warm-up")
-    max_grad_norm: float = doc_field(1.0, "gradient clipping")
-    eval_every: int = doc_field(50, "evaluate every N optimiser steps")
-    log_every: int = doc_field(10, "log every N optimiser steps")
-    seed: int = doc_field(42, "seed")
     eval_scorers: dict[str, str] = doc_field(factory=dict, doc="extra scorers for evaluate.py (name -> module:fn)")
-    wandb: WandbConfig = doc_field(factory=WandbConfig, doc="W&B logging")
 
     def __post_init__(self) -> None:
-        check(bool(self.model_name_or_path), "model_name_or_path", "is required")
+        super().__post_init__()
         D = len(self.objectives)
         check(D >= 1, "objectives", "needs at least one objective")
         check(self.adapter.pref_dim == D, "adapter.pref_dim", f"is {self.adapter.pref_dim} but {D} objectives")
@@ -175,38 +156,27 @@ def sequence_logprobs(model: Any, b: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def train(cfg: DPOConfig) -> Path:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_scheduler
+    from transformers import AutoModelForCausalLM
 
-    engine.init_distributed()
-    torch.manual_seed(cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model_name_or_path)
-    ensure_pad_token(tokenizer)
+    tokenizer = start(cfg)
     d = cfg.data
     rows = load_rows(d.path, d.split, d.max_samples)
     needed = ([d.prompt_column, "response_0", "response_1", *d.id_columns] if d.schema == "pku_saferlhf"
               else [d.prompt_column, *[c for pair in d.pair_columns for c in pair]])
     require_columns(rows, needed, d.path, hint="check data.schema / data.id_columns / data.pair_columns")
-    rows = list(rows)
-    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    n_eval = max(1, int(round(d.eval_fraction * len(rows))))
-    train_data = DPOData([rows[i] for i in order[n_eval:]], d, tokenizer)
-    eval_data = DPOData([rows[i] for i in order[:n_eval]], d, tokenizer)
+    train_rows, eval_rows = split_rows(rows, d.eval_fraction, cfg.seed, d.path)
+    train_data, eval_data = DPOData(train_rows, d, tokenizer), DPOData(eval_rows, d, tokenizer)
     D = len(cfg.objectives)
     total_steps = total_optimizer_steps(len(train_data), cfg.micro_batch_size, cfg.grad_accum, cfg.epochs,
                                         cfg.max_steps)
-    ds_config = engine.resolve_ds_config(
-        cfg.ds_config, micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, precision=cfg.precision, max_grad_norm=cfg.max_grad_norm,
-        hidden_size=getattr(AutoConfig.from_pretrained(cfg.model_name_or_path).get_text_config(), "hidden_size", None))
-    with engine.zero3_init(ds_config):
-        model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path)
-    apply_svd_lora(model, cfg.adapter)
-    model.eval()  # no dropout: policy and reference log-probs must compare like with like
-    warmup = int(cfg.warmup_ratio * total_steps)
-    model_engine = engine.initialize(model, ds_config, lambda opt: get_scheduler(
-        cfg.lr_scheduler, opt, num_warmup_steps=warmup, num_training_steps=total_steps))
-    out = Path(cfg.output_dir)
-    tracker = Tracker(cfg.wandb, to_dict(cfg), str(out), active=engine.is_main())
+
+    def prepare(model: torch.nn.Module) -> None:
+        apply_svd_lora(model, cfg.adapter)
+        model.eval()  # no dropout: policy and reference log-probs must compare like with like
+
+    model_engine = build_engine(cfg, lambda: AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path),
+                                total_steps, prepare)
+    out, tracker = Path(cfg.output_dir), tracker_for(cfg)
     aggregator, dev = get_aggregator(cfg.aggregation), engine.device()
     state = {"micro": 0}
 
@@ -237,8 +207,8 @@ def train(cfg: DPOConfig) -> Path:
         """Held-out preference accuracy of each dimension at its own vertex (lambda = e_i)."""
         idx = list(range(engine.rank(), len(eval_data), engine.world_size()))
         sums = torch.zeros(D + 1, dtype=torch.float64, device=dev)
-        for start in range(0, len(idx), cfg.micro_batch_size):
-            batch = eval_data.batch(idx[start:start + cfg.micro_batch_size])
+        for i0 in range(0, len(idx), cfg.micro_batch_size):
+            batch = eval_data.batch(idx[i0:i0 + cfg.micro_batch_size])
             for i in range(D):
                 _, margins = per_dim(batch, F.one_hot(torch.tensor(i), D).float())
                 sums[i] += ((margins[:, i] > 0).double() + 0.5 * (margins[:, i] == 0).double()).sum()  # ties: 1/2
@@ -258,41 +228,25 @@ def train(cfg: DPOConfig) -> Path:
 
 
 def _save(model_engine: Any, tokenizer: Any, cfg: DPOConfig, out: Path, res: Any) -> Path:
-    import json
-
     from rlhf.runs import write_run_info
 
     state = engine.full_state_dict(model_engine, only_trainable=True)
-    target = out / "policy"
-    if engine.is_main():
-        tmp = out / ".policy.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def write(tmp: Path) -> None:
         save_adapter(model_engine.module, tmp, state_dict=state)
         tokenizer.save_pretrained(tmp)
         write_run_info(tmp, trainer="dpo", base_model=cfg.model_name_or_path, objectives=cfg.objectives,
                        preference=cfg.preference, eval_scorers=cfg.eval_scorers, step=res.steps)
-        (tmp / "dpo_summary.json").write_text(json.dumps(
-            {"steps": res.steps, "initial_eval": res.initial_eval, "final_eval": res.final_eval,
-             "first_loss": res.losses[0], "final_loss": res.losses[-1], "seconds": res.seconds}, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        (tmp / "dpo_summary.json").write_text(json.dumps(summary(res), indent=2))
+
+    target = save_atomically(out / "policy", write)
+    if engine.is_main():
         print(f"[dpo] saved {target}", flush=True)
-    engine.barrier()
     return target
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if "--help" in argv or "-h" in argv:
-        print(__doc__ + "\nFields (YAML keys / --overrides):\n" + describe(DPOConfig))
-        return
-    path, overrides = split_config_arg(argv)
-    try:
-        cfg = load_config(DPOConfig, path, overrides)
-    except ConfigError as err:
-        sys.exit(f"config error: {err}")
-    train(cfg)
+    cli(DPOConfig, train, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ format ``evaluate.py`` reads).
 """
 from __future__ import annotations
 
-import os
-import shutil
-import sys
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +22,12 @@ import torch
 
 from rlhf import engine
 from rlhf.aggregation import get_aggregator
-from rlhf.config import ConfigError, check, describe, doc_field, load_config, split_config_arg, to_dict
-from rlhf.data import DEFAULT_TEMPLATE, DataError, ensure_pad_token, format_prompt, load_rows, pad_batch, \
-    require_columns
-from rlhf.loop import total_optimizer_steps, train_loop
+from rlhf.config import check, doc_field
+from rlhf.data import DEFAULT_TEMPLATE, format_prompt, load_rows, pad_batch, require_columns
+from rlhf.loop import (SupervisedConfig, build_engine, cli, save_atomically, split_rows, start, summary,
+                       total_optimizer_steps, tracker_for, train_loop)
 from rlhf.preference import PreferenceConfig, sample_preference
 from rlhf.svd_lora import SVDLoRAConfig, apply_svd_lora, save_adapter, set_preference
-from rlhf.tracking import Tracker, WandbConfig
 
 
 @dataclass(frozen=True)
@@ -53,11 +50,9 @@ class SFTDataConfig:
 
 
 @dataclass(frozen=True)
-class SFTConfig:
-    """An SFT or Panacea-SFT run."""
+class SFTConfig(SupervisedConfig):
+    """An SFT or Panacea-SFT run: the shared training fields (rlhf/loop.py) plus targets and aggregation."""
 
-    model_name_or_path: str = doc_field("", "model to fine-tune (hub name or path)")
-    tokenizer: Optional[str] = doc_field(None, "tokenizer (null: the model's own)")
     output_dir: str = doc_field("runs/sft", "where the model (plain SFT) or policy/ (Panacea-SFT) goes")
     objectives: tuple[str, ...] = doc_field(("sft",), "objective names, one per response column")
     adapter: Optional[SVDLoRAConfig] = doc_field(None, "null: full fine-tuning (plain SFT); set: Panacea-SFT")
@@ -65,25 +60,9 @@ class SFTConfig:
     preference: PreferenceConfig = doc_field(factory=PreferenceConfig, doc="lambda sampling (Panacea-SFT)")
     aggregation: Literal["ls", "tche", "stche"] = doc_field("ls", "how per-dimension losses combine")
     stche_mu: float = doc_field(0.1, "temperature of smooth Tchebycheff")
-    ds_config: str = doc_field("ds_configs/zero2.json", "DeepSpeed JSON (\"auto\" keys filled from here)")
-    precision: Literal["fp32", "bf16", "fp16"] = doc_field("bf16", "training precision")
-    epochs: int = doc_field(1, "passes over the data")
-    max_steps: Optional[int] = doc_field(None, "stop after this many optimiser steps (null: epochs decide)")
-    micro_batch_size: int = doc_field(8, "rows per forward pass per process")
-    grad_accum: int = doc_field(1, "micro-batches per optimiser step")
-    lr: float = doc_field(2e-5, "peak learning rate")
-    weight_decay: float = doc_field(0.0, "AdamW weight decay")
-    warmup_ratio: float = doc_field(0.03, "fraction of steps with linear warm-up")
-    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = doc_field("cosine", "decay after warm-up")
-    max_grad_norm: float = doc_field(1.0, "gradient clipping")
-    eval_every: int = doc_field(100, "evaluate every N optimiser steps (and at the end)")
-    log_every: int = doc_field(10, "log every N optimiser steps")
-    gradient_checkpointing: bool = doc_field(False, "trade compute for activation memory")
-    seed: int = doc_field(42, "seed")
-    wandb: WandbConfig = doc_field(factory=WandbConfig, doc="W&B logging")
 
     def __post_init__(self) -> None:
-        check(bool(self.model_name_or_path), "model_name_or_path", "is required")
+        super().__post_init__()
         D = len(self.objectives)
         check(len(self.data.response_columns) == D, "data.response_columns",
               f"has {len(self.data.response_columns)} columns but {D} objectives {list(self.objectives)}")
@@ -92,9 +71,6 @@ class SFTConfig:
         else:
             check(self.adapter.pref_dim == D, "adapter.pref_dim",
                   f"is {self.adapter.pref_dim} but {D} objectives are configured; they must match")
-        check(self.epochs >= 1 and self.micro_batch_size >= 1 and self.grad_accum >= 1, "epochs",
-              "epochs, micro_batch_size and grad_accum must be >= 1")
-        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
 
 
 class SFTData:
@@ -132,56 +108,38 @@ class SFTData:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def lm_losses(model: Any, data: SFTData, indices: list[int], D: int, dev: torch.device) -> torch.Tensor:
-    """(D,) mean token cross-entropy of each objective's targets."""
+def lm_losses(model: Any, data: SFTData, indices: list[int], dims: range | list[int], dev: torch.device
+              ) -> torch.Tensor:
+    """(len(dims),) mean token cross-entropy of each listed objective's targets."""
     out = []
-    for d in range(D):
+    for d in dims:
         b = {k: v.to(dev) for k, v in data.batch(indices, d).items()}
         out.append(model(**b, use_cache=False).loss)
     return torch.stack(out)                                                                      # (D,)
 
 
 def train(cfg: SFTConfig) -> Path:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_scheduler
+    from transformers import AutoModelForCausalLM
 
-    engine.init_distributed()
-    torch.manual_seed(cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model_name_or_path)
-    ensure_pad_token(tokenizer)
+    tokenizer = start(cfg)
     d = cfg.data
     rows = load_rows(d.path, d.split, d.max_samples)
     require_columns(rows, [d.prompt_column, *d.response_columns], d.path,
                     hint="set data.prompt_column / data.response_columns")
-    rows = list(rows)
-    n_eval = max(1, int(round(d.eval_fraction * len(rows))))
-    if len(rows) - n_eval < 1:
-        raise DataError(f"dataset {d.path!r} has {len(rows)} rows: too few to hold out {n_eval} for evaluation")
-    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    train_data = SFTData([rows[i] for i in order[n_eval:]], d, tokenizer)
-    eval_data = SFTData([rows[i] for i in order[:n_eval]], d, tokenizer)
+    train_rows, eval_rows = split_rows(rows, d.eval_fraction, cfg.seed, d.path)
+    train_data, eval_data = SFTData(train_rows, d, tokenizer), SFTData(eval_rows, d, tokenizer)
     D = len(cfg.objectives)
     total_steps = total_optimizer_steps(len(train_data), cfg.micro_batch_size, cfg.grad_accum, cfg.epochs,
                                         cfg.max_steps)
-    ds_config = engine.resolve_ds_config(
-        cfg.ds_config, micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, precision=cfg.precision, max_grad_norm=cfg.max_grad_norm,
-        hidden_size=getattr(AutoConfig.from_pretrained(cfg.model_name_or_path).get_text_config(), "hidden_size", None))
-    with engine.zero3_init(ds_config):
-        model = AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path)
-    if cfg.adapter is not None:
-        apply_svd_lora(model, cfg.adapter)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    warmup = int(cfg.warmup_ratio * total_steps)
-    model_engine = engine.initialize(model, ds_config, lambda opt: get_scheduler(
-        cfg.lr_scheduler, opt, num_warmup_steps=warmup, num_training_steps=total_steps))
-    out = Path(cfg.output_dir)
-    tracker = Tracker(cfg.wandb, to_dict(cfg), str(out.parent / (out.name + "_wandb")), active=engine.is_main())
+    model_engine = build_engine(cfg, lambda: AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path),
+                                total_steps,
+                                prepare=(lambda m: apply_svd_lora(m, cfg.adapter)) if cfg.adapter else None)
+    out, tracker = Path(cfg.output_dir), tracker_for(cfg)
     aggregator, dev = get_aggregator(cfg.aggregation), engine.device()
     state = {"micro": 0}
 
     def step_fn(indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
-        losses = lm_losses(model_engine, train_data, indices, D, dev)                            # (D,)
+        losses = lm_losses(model_engine, train_data, indices, range(D), dev)                          # (D,)
         if cfg.adapter is None:
             return losses[0], {}
         # one lambda per optimiser step, identical on every rank (preference.py)
@@ -196,12 +154,12 @@ def train(cfg: SFTConfig) -> Path:
         """Held-out cross-entropy per objective; Panacea-SFT evaluates each objective at its own vertex."""
         idx = list(range(engine.rank(), len(eval_data), engine.world_size()))
         sums = torch.zeros(D + 1, dtype=torch.float64, device=dev)
-        for start in range(0, len(idx), cfg.micro_batch_size):
-            batch = idx[start:start + cfg.micro_batch_size]
+        for i0 in range(0, len(idx), cfg.micro_batch_size):
+            batch = idx[i0:i0 + cfg.micro_batch_size]
             for i in range(D):
                 if cfg.adapter is not None:
                     set_preference(model_engine.module, torch.nn.functional.one_hot(torch.tensor(i), D).float())
-                sums[i] += lm_losses(model_engine, eval_data, batch, D, dev)[i].double() * len(batch)
+                sums[i] += lm_losses(model_engine, eval_data, batch, [i], dev)[0].double() * len(batch)
             sums[D] += len(batch)
         sums = engine.all_reduce_sum(sums)
         return {f"eval/loss/{n}": (sums[i] / sums[D]).item() for i, n in enumerate(cfg.objectives)}
@@ -219,16 +177,12 @@ def train(cfg: SFTConfig) -> Path:
 
 
 def _save(model_engine: Any, tokenizer: Any, cfg: SFTConfig, out: Path, res: Any) -> Path:
-    """Plain SFT: an HF checkpoint in output_dir. Panacea-SFT: output_dir/policy. Written to a temp dir, renamed."""
-    import json
-
+    """Plain SFT: an HF checkpoint in output_dir. Panacea-SFT: output_dir/policy (the run format)."""
     from rlhf.runs import write_run_info
 
     state = engine.full_state_dict(model_engine, only_trainable=cfg.adapter is not None)
-    target = out if cfg.adapter is None else out / "policy"
-    if engine.is_main():
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def write(tmp: Path) -> None:
         if cfg.adapter is None:
             model_engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         else:
@@ -236,29 +190,16 @@ def _save(model_engine: Any, tokenizer: Any, cfg: SFTConfig, out: Path, res: Any
             write_run_info(tmp, trainer="sft", base_model=cfg.model_name_or_path, objectives=[],
                            preference=cfg.preference, eval_scorers={}, step=res.steps)
         tokenizer.save_pretrained(tmp)
-        (tmp / "sft_summary.json").write_text(json.dumps(
-            {"steps": res.steps, "initial_eval": res.initial_eval, "final_eval": res.final_eval,
-             "first_loss": res.losses[0], "final_loss": res.losses[-1], "seconds": res.seconds}, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)
+        (tmp / "sft_summary.json").write_text(json.dumps(summary(res), indent=2))
+
+    target = save_atomically(out if cfg.adapter is None else out / "policy", write)
+    if engine.is_main():
         print(f"[sft] saved {target}", flush=True)
-    engine.barrier()
     return target
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if "--help" in argv or "-h" in argv:
-        print(__doc__ + "\nFields (YAML keys / --overrides):\n" + describe(SFTConfig))
-        return
-    path, overrides = split_config_arg(argv)
-    try:
-        cfg = load_config(SFTConfig, path, overrides)
-    except ConfigError as err:
-        sys.exit(f"config error: {err}")
-    train(cfg)
+    cli(SFTConfig, train, __doc__, argv)
 
 
 if __name__ == "__main__":
