@@ -49,8 +49,8 @@ def evaluate(model: torch.nn.Module, data: PairTensors, kind: str, batch_size: i
     idx = list(range(engine.rank(), len(data), engine.world_size()))
     # correct, count, sum, sum^2, n_scores, sign_correct, sign_count
     acc = torch.zeros(7, dtype=torch.float64, device=dev)
-    for start in range(0, len(idx), batch_size):
-        batch = data.batch(idx[start:start + batch_size])
+    for i0 in range(0, len(idx), batch_size):
+        batch = data.batch(idx[i0:i0 + batch_size])
         scores = end_scores(model, batch["input_ids"].to(dev), batch["attention_mask"].to(dev))  # (2b,)
         better, worse = scores.chunk(2)                                                          # (b,), (b,)
         margin = better - worse if kind == "reward" else worse - better

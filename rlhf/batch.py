@@ -6,8 +6,6 @@ B = rollout batch, P = prompt length (left-padded), T = response length (right-p
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Optional
-
 import torch
 
 

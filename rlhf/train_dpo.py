@@ -132,7 +132,7 @@ class DPOData:
         return len(self.rows)
 
     def batch(self, indices: list[int]) -> dict[str, Any]:
-        seqs, owners, pairs = [], [], []
+        seqs, pairs = [], []
         for i in indices:
             s, p = self.rows[i]
             base = len(seqs)

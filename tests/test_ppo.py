@@ -1,6 +1,5 @@
 """PPO end to end on tiny models: in-process (world size 1) and through the deepspeed launcher."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf import checkpoint
 from rlhf.config import ConfigError, load_config

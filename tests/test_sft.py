@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM
 
 from rlhf.config import ConfigError, load_config
