@@ -18,8 +18,8 @@ import torch
 
 from rlhf import engine
 from rlhf.config import check, doc_field
-from rlhf.loop import (SupervisedConfig, build_engine, cli, save_atomically, start, total_optimizer_steps,
-                       tracker_for, train_loop)
+from rlhf.loop import (SupervisedConfig, build_engine, cli, resume_point, save_atomically, start,
+                       total_optimizer_steps, tracker_for, train_loop)
 from reward_models.data import PairTensors, PreferenceDataConfig, load_pairs
 from reward_models.losses import score_model_loss
 from reward_models.score_model import end_scores, write_dimension
@@ -87,6 +87,7 @@ def train(cfg: ScoreTrainConfig) -> dict[str, Any]:
         model.config.pad_token_id = tokenizer.pad_token_id
         return model
 
+    resume = resume_point(cfg)  # a bad --resume_from fails here, before the model loads
     model_engine = build_engine(cfg, load, total_steps)
     tracker, world, dev = tracker_for(cfg), engine.world_size(), engine.device()
     if engine.is_main():
@@ -94,7 +95,7 @@ def train(cfg: ScoreTrainConfig) -> dict[str, Any]:
               f"world size {world}, {total_steps} optimiser steps of {cfg.micro_batch_size * cfg.grad_accum * world} "
               f"pairs", flush=True)
 
-    def step_fn(indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+    def step_fn(indices: list[int], micro: int) -> tuple[torch.Tensor, dict[str, float]]:
         batch = train_data.batch(indices)
         scores = end_scores(model_engine, batch["input_ids"].to(dev), batch["attention_mask"].to(dev))   # (2B,)
         better, worse = scores.chunk(2)                                                                 # (B,)
@@ -103,10 +104,9 @@ def train(cfg: ScoreTrainConfig) -> dict[str, Any]:
         return loss, {"accuracy": m["accuracy"].item()}
 
     model_engine.train()
-    res = train_loop(model_engine, len(train_data), micro_batch_size=cfg.micro_batch_size,
-                     grad_accum=cfg.grad_accum, total_steps=total_steps, seed=cfg.seed, step_fn=step_fn,
+    res = train_loop(model_engine, cfg, len(train_data), total_steps=total_steps, step_fn=step_fn,
                      eval_fn=lambda: evaluate(model_engine, eval_data, cfg.kind, cfg.eval_batch_size),
-                     log_every=cfg.log_every, eval_every=cfg.eval_every, tracker=tracker, desc=f"train {cfg.name}")
+                     tracker=tracker, desc=f"train {cfg.name}", resume=resume)
     m = res.final_eval
     result = {"accuracy": m.get("eval/accuracy"), "sign_accuracy": m.get("eval/sign_accuracy"),
               "score_mean": m.get("eval/score_mean"), "score_std": m.get("eval/score_std"),

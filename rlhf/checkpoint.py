@@ -1,5 +1,6 @@
 """Atomic, resumable PPO checkpoints: adapter + critic + optimiser/scheduler (DeepSpeed's own, frozen weights
 excluded), per-rank RNG states, and the trainer's state (step, data position, normaliser, ideal point, config).
+The offline trainers (``rlhf/loop.py``) write the same format with their own trainer state.
 
 Written to ``checkpoints/.tmp-step_N`` and renamed to ``checkpoints/step_N`` only when complete, so a crash never
 leaves a checkpoint that looks whole; ``checkpoints/latest`` names the newest; the oldest beyond ``keep_last`` go.
@@ -21,7 +22,7 @@ from rlhf import engine
 STATE_FILE = "trainer_state.json"
 # Fields that may change between a run and its resumption without changing what is being trained.
 RESUMABLE_FIELDS = {"resume_from", "total_steps", "dry_run", "wandb", "save_every", "keep_last", "log_every",
-                    "sample_every", "max_bad_batches", "output_dir"}
+                    "sample_every", "max_bad_batches", "output_dir", "eval_every"}
 
 
 class ResumeError(ValueError):
@@ -69,10 +70,11 @@ def save(root: Path, step: int, engines: dict[str, Any], trainer_state: dict[str
     return final
 
 
-def resolve(resume_from: str, output_dir: str) -> Path:
-    """'latest' -> the newest complete checkpoint of this run; else the given directory (checked)."""
+def resolve(resume_from: str, root: Path) -> Path:
+    """'latest' -> the newest complete checkpoint under ``root`` (this run's checkpoint directory); else the given
+    directory (checked)."""
     if resume_from == "latest":
-        root = Path(output_dir) / "checkpoints"
+        root = Path(root)
         pointer = root / "latest"
         if not pointer.is_file():
             raise ResumeError(f"--resume_from latest: no checkpoint in {root} (nothing was saved yet)")

@@ -1,23 +1,25 @@
 """The one supervised training loop (reward/cost models, SFT, DPO): shards data across ranks, steps a DeepSpeed
 engine with gradient accumulation, logs rank-averaged metrics, evaluates on a cadence, shows tqdm on rank 0.
 
-Each trainer supplies only ``step_fn(indices) -> (loss, {metric: float})`` and ``eval_fn() -> {key: float}``.
+Each trainer supplies only ``step_fn(indices, micro) -> (loss, {metric: float})`` and ``eval_fn() -> {key: float}``;
+the loop also writes resumable checkpoints (``rlhf/checkpoint.py``'s format) and resumes from them.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
 import torch
 
-from rlhf import engine
+from rlhf import checkpoint, engine
 from rlhf.config import check, doc_field
 from rlhf.tracking import WandbConfig
 
@@ -42,57 +44,115 @@ class LoopResult:
     losses: list[float] = field(default_factory=list)     # logged training losses, in order
     initial_eval: dict[str, float] = field(default_factory=dict)
     final_eval: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0                                  # training time, summed over resumptions
+    resumed_from: Optional[str] = None
 
 
-def train_loop(model_engine: Any, n_items: int, *, micro_batch_size: int, grad_accum: int, total_steps: int,
-               seed: int, step_fn: Callable[[list[int]], tuple[torch.Tensor, dict[str, float]]],
-               eval_fn: Callable[[], dict[str, float]], log_every: int, eval_every: int, tracker: Any,
-               desc: str) -> LoopResult:
+@dataclass
+class LoopState:
+    """Where the loop is, saved in every checkpoint: with the engine's optimiser/scheduler and each rank's RNG this is
+    everything needed for a resumed run to take exactly the steps the uninterrupted run would have taken."""
+
+    epoch: int = 0
+    position: int = 0                                     # micro-batches of this epoch already consumed
+    micro: int = 0                                        # micro-batches in all (drives the preference draws)
+    window: dict[str, float] = field(default_factory=dict)  # metric sums since the last log line
+    n_window: int = 0
+
+
+def checkpoint_root(cfg: "SupervisedConfig") -> Path:
+    """``<output_dir>_checkpoints``: beside the result, never inside it, because the final save replaces
+    ``output_dir`` (plain SFT and score models write an HF model there)."""
+    out = Path(cfg.output_dir)
+    return out.parent / (out.name + "_checkpoints")
+
+
+def resume_point(cfg: "SupervisedConfig") -> Optional[Path]:
+    """The checkpoint to resume from, checked against this config before any model is loaded (null: a fresh run)."""
+    from rlhf.config import to_dict
+
+    if cfg.resume_from is None:
+        return None
+    path = checkpoint.resolve(cfg.resume_from, checkpoint_root(cfg))
+    saved = json.loads((path / checkpoint.STATE_FILE).read_text())
+    checkpoint.check_compatible(saved["config"], to_dict(cfg), path)
+    if saved["world_size"] != engine.world_size():
+        raise checkpoint.ResumeError(
+            f"{path} was written by {saved['world_size']} processes but {engine.world_size()} were launched: the data "
+            f"shards differ, so launch {saved['world_size']} processes to resume it")
+    return path
+
+
+def train_loop(model_engine: Any, cfg: "SupervisedConfig", n_items: int, *, total_steps: int,
+               step_fn: Callable[[list[int], int], tuple[torch.Tensor, dict[str, float]]],
+               eval_fn: Callable[[], dict[str, float]], tracker: Any, desc: str,
+               resume: Optional[Path] = None) -> LoopResult:
+    """``step_fn(indices, micro)`` gets this rank's rows and the global micro-batch counter (for preference draws).
+    Checkpoints every ``cfg.save_every`` optimiser steps into ``checkpoint_root(cfg)``; ``resume`` (from
+    ``resume_point``) restores engine, RNG and ``LoopState`` and carries on from the same row."""
     from tqdm import tqdm
 
+    from rlhf.config import to_dict
+
     rank, world, dev = engine.rank(), engine.world_size(), engine.device()
-    res = LoopResult(initial_eval=eval_fn())                  # the untrained baseline, logged at step 0
-    tracker.log(res.initial_eval, 0)
-    window: dict[str, float] = {}
-    n_window = 0
-    bar = tqdm(total=total_steps, disable=not engine.is_main(), desc=desc, dynamic_ncols=True)
-    t0, epoch, micro = time.time(), 0, 0
+    res, st = LoopResult(), LoopState()
+    if resume is not None:
+        saved = checkpoint.load(resume, {"model": model_engine})
+        st = LoopState(**saved["loop"])
+        res = LoopResult(**saved["result"], resumed_from=str(resume))
+        if engine.is_main():
+            print(f"[{desc}] resumed from {resume} at step {res.steps}", flush=True)
+    else:
+        res.initial_eval = eval_fn()                          # the untrained baseline, logged at step 0
+        tracker.log(res.initial_eval, 0)
+
+    def save() -> None:
+        trainer_state = {"step": res.steps, "world_size": world, "config": to_dict(cfg), "loop": asdict(st),
+                         "result": {k: v for k, v in asdict(res).items() if k != "resumed_from"}}
+        checkpoint.save(checkpoint_root(cfg), res.steps, {"model": model_engine}, trainer_state, cfg.keep_last)
+
+    bar = tqdm(total=total_steps, initial=res.steps, disable=not engine.is_main(), desc=desc, dynamic_ncols=True)
+    t0, seconds0 = time.time(), res.seconds
     while res.steps < total_steps:
-        indices = shard(n_items, epoch, seed, rank, world)
-        for start in range(0, len(indices), micro_batch_size):
-            loss, metrics = step_fn(indices[start:start + micro_batch_size])
+        indices = shard(n_items, st.epoch, cfg.seed, rank, world)
+        for start in range(st.position * cfg.micro_batch_size, len(indices), cfg.micro_batch_size):
+            loss, metrics = step_fn(indices[start:start + cfg.micro_batch_size], st.micro)
             model_engine.backward(loss)
             model_engine.step()
-            micro += 1
+            st.micro += 1
+            st.position += 1
             for k, v in {"loss": loss.item(), **metrics}.items():
-                window[k] = window.get(k, 0.0) + float(v)
-            n_window += 1
-            if micro % grad_accum:
+                st.window[k] = st.window.get(k, 0.0) + float(v)
+            st.n_window += 1
+            if st.micro % cfg.grad_accum:
                 continue
             res.steps += 1
             bar.update(1)
-            if res.steps % log_every == 0 or res.steps == total_steps:
-                keys = sorted(window)
-                summed = engine.all_reduce_sum(torch.tensor([window[k] for k in keys] + [n_window],
+            if res.steps % cfg.log_every == 0 or res.steps == total_steps:
+                keys = sorted(st.window)
+                summed = engine.all_reduce_sum(torch.tensor([st.window[k] for k in keys] + [st.n_window],
                                                             dtype=torch.float64, device=dev)).tolist()
                 logs = {f"train/{k}": summed[i] / summed[-1] for i, k in enumerate(keys)}
                 logs["train/lr"] = model_engine.get_lr()[0]
-                logs["train/epoch"] = epoch
+                logs["train/epoch"] = st.epoch
                 tracker.log(logs, res.steps)
                 res.losses.append(logs["train/loss"])
                 bar.set_postfix(loss=f"{logs['train/loss']:.3f}")
-                window, n_window = {}, 0
-            if res.steps % eval_every == 0 or res.steps == total_steps:
+                st.window, st.n_window = {}, 0
+            if res.steps % cfg.eval_every == 0 or res.steps == total_steps:
                 res.final_eval = eval_fn()
                 tracker.log(res.final_eval, res.steps)
                 if engine.is_main():
                     bar.write(f"step {res.steps}: " + ", ".join(f"{k}={v:.4f}" for k, v in res.final_eval.items()))
             if res.steps >= total_steps:
                 break
-        epoch += 1
+            if cfg.save_every and res.steps % cfg.save_every == 0:
+                res.seconds = round(seconds0 + time.time() - t0, 1)
+                save()
+        else:                                                 # the epoch ran out: the next one starts from row 0
+            st.epoch, st.position = st.epoch + 1, 0
     bar.close()
-    res.seconds = round(time.time() - t0, 1)
+    res.seconds = round(seconds0 + time.time() - t0, 1)
     return res
 
 
@@ -122,6 +182,10 @@ class SupervisedConfig:
     log_every: int = doc_field(10, "log training metrics every N optimiser steps")
     gradient_checkpointing: bool = doc_field(False, "trade compute for activation memory")
     seed: int = doc_field(42, "seed for data order, held-out split and init")
+    save_every: int = doc_field(200, "checkpoint every N optimiser steps into <output_dir>_checkpoints (0: only the "
+                                     "final result)")
+    keep_last: int = doc_field(2, "checkpoints kept (the oldest beyond this are deleted)")
+    resume_from: Optional[str] = doc_field(None, "checkpoint directory, or 'latest' in <output_dir>_checkpoints")
     wandb: WandbConfig = doc_field(factory=WandbConfig, doc="W&B logging")
 
     def __post_init__(self) -> None:
@@ -133,6 +197,8 @@ class SupervisedConfig:
         check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         check(self.eval_every >= 1 and self.log_every >= 1, "eval_every", "eval_every and log_every must be >= 1")
+        check(self.save_every >= 0, "save_every", f"must be >= 0 (0: no mid-run checkpoints), got {self.save_every}")
+        check(self.keep_last >= 1, "keep_last", f"must be >= 1, got {self.keep_last}")
 
 
 def start(cfg: SupervisedConfig) -> Any:
@@ -194,7 +260,8 @@ def save_atomically(target: Path, write: Callable[[Path], None]) -> Path:
 
 def summary(res: LoopResult) -> dict[str, Any]:
     return {"steps": res.steps, "initial_eval": res.initial_eval, "final_eval": res.final_eval,
-            "first_loss": res.losses[0], "final_loss": res.losses[-1], "seconds": res.seconds}
+            "first_loss": res.losses[0], "final_loss": res.losses[-1], "losses": res.losses, "seconds": res.seconds,
+            "resumed_from": res.resumed_from}
 
 
 def cli(cls: type, train_fn: Callable[[Any], Any], doc: str, argv: Optional[list[str]] = None) -> None:

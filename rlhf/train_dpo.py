@@ -25,8 +25,8 @@ from rlhf import engine
 from rlhf.aggregation import get_aggregator
 from rlhf.config import check, doc_field
 from rlhf.data import DEFAULT_TEMPLATE, DataError, format_prompt, load_rows, pad_batch, require_columns
-from rlhf.loop import (SupervisedConfig, build_engine, cli, save_atomically, split_rows, start, summary,
-                       total_optimizer_steps, tracker_for, train_loop)
+from rlhf.loop import (SupervisedConfig, build_engine, cli, resume_point, save_atomically, split_rows, start,
+                       summary, total_optimizer_steps, tracker_for, train_loop)
 from rlhf.preference import PreferenceConfig, sample_preference
 from rlhf.rollout import position_ids_from_mask
 from rlhf.losses import logprobs_from_logits
@@ -174,11 +174,11 @@ def train(cfg: DPOConfig) -> Path:
         apply_svd_lora(model, cfg.adapter)
         model.eval()  # no dropout: policy and reference log-probs must compare like with like
 
+    resume = resume_point(cfg)  # a bad --resume_from fails here, before the model loads
     model_engine = build_engine(cfg, lambda: AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path),
                                 total_steps, prepare)
     out, tracker = Path(cfg.output_dir), tracker_for(cfg)
     aggregator, dev = get_aggregator(cfg.aggregation), engine.device()
-    state = {"micro": 0}
 
     def per_dim(b: dict[str, Any], lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D) DPO losses and margins under preference lam."""
@@ -190,9 +190,8 @@ def train(cfg: DPOConfig) -> Path:
         w, l = b["pairs"][..., 0], b["pairs"][..., 1]                                           # (B, D) each
         return dpo_losses(policy[w], policy[l], ref[w], ref[l], cfg.beta)
 
-    def step_fn(indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
-        lam = sample_preference(cfg.preference, D, cfg.seed, state["micro"] // cfg.grad_accum)   # (D,)
-        state["micro"] += 1
+    def step_fn(indices: list[int], micro: int) -> tuple[torch.Tensor, dict[str, float]]:
+        lam = sample_preference(cfg.preference, D, cfg.seed, micro // cfg.grad_accum)            # (D,)
         losses, margins = per_dim(train_data.batch(indices), lam)                               # (B, D)
         loss = aggregator(losses.mean(0), lam.to(dev), mu=cfg.stche_mu)
         metrics = {}
@@ -219,9 +218,8 @@ def train(cfg: DPOConfig) -> Path:
     if engine.is_main():
         print(f"[dpo] {D} objectives {cfg.names}, aggregation={cfg.aggregation}: {len(train_data)} rows, "
               f"{total_steps} optimiser steps, world size {engine.world_size()}", flush=True)
-    res = train_loop(model_engine, len(train_data), micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum,
-                     total_steps=total_steps, seed=cfg.seed, step_fn=step_fn, eval_fn=eval_fn,
-                     log_every=cfg.log_every, eval_every=cfg.eval_every, tracker=tracker, desc="dpo")
+    res = train_loop(model_engine, cfg, len(train_data), total_steps=total_steps, step_fn=step_fn, eval_fn=eval_fn,
+                     tracker=tracker, desc="dpo", resume=resume)
     final = _save(model_engine, tokenizer, cfg, out, res)
     tracker.finish()
     return final

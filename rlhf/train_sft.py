@@ -24,8 +24,8 @@ from rlhf import engine
 from rlhf.aggregation import get_aggregator
 from rlhf.config import check, doc_field
 from rlhf.data import DEFAULT_TEMPLATE, format_prompt, load_rows, pad_batch, require_columns
-from rlhf.loop import (SupervisedConfig, build_engine, cli, save_atomically, split_rows, start, summary,
-                       total_optimizer_steps, tracker_for, train_loop)
+from rlhf.loop import (SupervisedConfig, build_engine, cli, resume_point, save_atomically, split_rows, start,
+                       summary, total_optimizer_steps, tracker_for, train_loop)
 from rlhf.preference import PreferenceConfig, sample_preference
 from rlhf.svd_lora import SVDLoRAConfig, apply_svd_lora, save_adapter, set_preference
 
@@ -131,20 +131,19 @@ def train(cfg: SFTConfig) -> Path:
     D = len(cfg.objectives)
     total_steps = total_optimizer_steps(len(train_data), cfg.micro_batch_size, cfg.grad_accum, cfg.epochs,
                                         cfg.max_steps)
+    resume = resume_point(cfg)  # a bad --resume_from fails here, before the model loads
     model_engine = build_engine(cfg, lambda: AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path),
                                 total_steps,
                                 prepare=(lambda m: apply_svd_lora(m, cfg.adapter)) if cfg.adapter else None)
     out, tracker = Path(cfg.output_dir), tracker_for(cfg)
     aggregator, dev = get_aggregator(cfg.aggregation), engine.device()
-    state = {"micro": 0}
 
-    def step_fn(indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+    def step_fn(indices: list[int], micro: int) -> tuple[torch.Tensor, dict[str, float]]:
         losses = lm_losses(model_engine, train_data, indices, range(D), dev)                          # (D,)
         if cfg.adapter is None:
             return losses[0], {}
-        # one lambda per optimiser step, identical on every rank (preference.py)
-        lam = sample_preference(cfg.preference, D, cfg.seed, state["micro"] // cfg.grad_accum)  # (D,)
-        state["micro"] += 1
+        # one lambda per optimiser step, identical on every rank and after a resume (preference.py)
+        lam = sample_preference(cfg.preference, D, cfg.seed, micro // cfg.grad_accum)                # (D,)
         set_preference(model_engine.module, lam)
         loss = aggregator(losses, lam.to(dev), mu=cfg.stche_mu)
         return loss, {f"loss/{n}": v.item() for n, v in zip(cfg.objectives, losses)}
@@ -167,10 +166,8 @@ def train(cfg: SFTConfig) -> Path:
     if engine.is_main():
         print(f"[sft] {'Panacea-SFT' if cfg.adapter else 'SFT'} of {cfg.model_name_or_path}: {len(train_data)} rows, "
               f"{total_steps} optimiser steps, world size {engine.world_size()}", flush=True)
-    res = train_loop(model_engine, len(train_data), micro_batch_size=cfg.micro_batch_size,
-                     grad_accum=cfg.grad_accum, total_steps=total_steps, seed=cfg.seed, step_fn=step_fn,
-                     eval_fn=eval_fn, log_every=cfg.log_every, eval_every=cfg.eval_every, tracker=tracker,
-                     desc="sft")
+    res = train_loop(model_engine, cfg, len(train_data), total_steps=total_steps, step_fn=step_fn, eval_fn=eval_fn,
+                     tracker=tracker, desc="sft", resume=resume)
     final = _save(model_engine, tokenizer, cfg, out, res)
     tracker.finish()
     return final

@@ -155,7 +155,7 @@ class PPOTrainer:
         return [str(t) for t in rows[self.cfg.ptx.text_column]]
 
     def _resume(self) -> None:
-        path = checkpoint.resolve(self.cfg.resume_from, self.cfg.output_dir)
+        path = checkpoint.resolve(self.cfg.resume_from, self.out / "checkpoints")
         saved = json.loads((path / checkpoint.STATE_FILE).read_text())
         checkpoint.check_compatible(saved["config"], to_dict(self.cfg), path)
         state = checkpoint.load(path, {"actor": self.actor, "critic": self.critic})

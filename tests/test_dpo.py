@@ -1,4 +1,9 @@
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,8 +43,13 @@ def conflicting_pairs(path, n=240, seed=5):
     return path
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def _cfg(world, tmp_path, *extra):
-    data = conflicting_pairs(tmp_path / "pairs.jsonl")
+    data = tmp_path / "pairs.jsonl"
+    if not data.exists():
+        conflicting_pairs(data)
     objectives = json.dumps([{"name": "helpful", "model": str(world / "rm"), "kind": "reward"},
                              {"name": "harmless", "model": str(world / "cm"), "kind": "cost"}])
     return load_config(DPOConfig, None, [
@@ -69,3 +79,56 @@ def test_dpo_config_errors(world, tmp_path):
     with pytest.raises(ConfigError, match="name 2 dimension columns but 3 objectives"):
         load_config(DPOConfig, None, ["--model_name_or_path", "m", "--data.path", "x", "--adapter.pref_dim", "3",
                                       "--objectives", "[{name: a, model: m}, {name: b, model: m}, {name: c, model: m}]"])
+
+
+def test_resume_refuses_a_changed_config_and_a_missing_checkpoint(world, tmp_path):
+    from rlhf.checkpoint import ResumeError
+
+    with pytest.raises(ResumeError, match="no checkpoint in .*dpo_checkpoints"):
+        train(_cfg(world, tmp_path, "--resume_from", "latest"))
+    train(_cfg(world, tmp_path, "--max_steps", "2", "--save_every", "1"))
+    assert (tmp_path / "dpo_checkpoints" / "latest").read_text() == "step_00000001"  # none at the final step
+    with pytest.raises(ResumeError, match=r"beta: checkpoint 0.1 vs now 0.5"):
+        train(_cfg(world, tmp_path, "--max_steps", "2", "--beta", "0.5", "--resume_from", "latest"))
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_takes_the_same_steps(world, tmp_path):
+    """A run killed after a mid-run checkpoint and resumed logs the same losses and ends with the same adapter as an
+    uninterrupted run: data position, gradient accumulation, lambda draws, optimiser and scheduler all carry over."""
+    import yaml
+    from safetensors.torch import load_file
+
+    from rlhf.config import to_dict
+    from tests.helpers import clean_env
+
+    def cmd(name, *extra):
+        cfg = _cfg(world, tmp_path, "--output_dir", str(tmp_path / name), "--max_steps", "10", "--save_every", "3",
+                   "--grad_accum", "2", "--log_every", "1", "--eval_every", "5", *extra)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(to_dict(cfg)))
+        return [sys.executable, "rlhf/train_dpo.py", "--config", str(path)]
+
+    full = subprocess.run(cmd("full"), cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr[-3000:]
+    proc = subprocess.Popen(cmd("killed"), cwd=ROOT, env=clean_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (tmp_path / "killed_checkpoints" / "latest").is_file():
+        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "policy").exists(), "the kill came too late to test resumption"
+    resumed = subprocess.run(cmd("killed", "--resume_from", "latest"), cwd=ROOT, env=clean_env(),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = (json.loads((tmp_path / n / "policy" / "dpo_summary.json").read_text()) for n in ("full", "killed"))
+    assert b["resumed_from"] and a["resumed_from"] is None
+    assert len(b["losses"]) == 10
+    np.testing.assert_allclose(b["losses"], a["losses"], rtol=1e-5)
+    assert b["final_eval"] == pytest.approx(a["final_eval"]) and b["initial_eval"] == a["initial_eval"]
+    wa, wb = (load_file(str(tmp_path / n / "policy" / "adapter_model.safetensors")) for n in ("full", "killed"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6)
