@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from rlhf.data import DataError, ensure_pad_token, format_prompt, load_rows, require_columns
+from rlhf.generation import BACKENDS, make_backend
 from rlhf.pareto import FrontError, all_metrics, default_reference, grid, plot_fronts
 from rlhf.rollout import decode_responses, generate
 from rlhf.runs import RunInfo, load_callable, read_run
@@ -59,7 +60,8 @@ class FrontGenerator:
         self.model = AutoModelForCausalLM.from_pretrained(base).eval()
         load_adapter(self.model, runs[0].path, expected_pref_dim=len(runs[0].objectives))
         self.gen_kwargs = dict(max_prompt_length=args.max_prompt_length, max_new_tokens=args.max_new_tokens,
-                               temperature=args.temperature, top_p=args.top_p, do_sample=not args.greedy)
+                               temperature=args.temperature, top_p=args.top_p, do_sample=not args.greedy,
+                               backend=make_backend(args.backend, args.compile_backend))
 
     def _generate(self, prompts: list[str], pref: Optional[torch.Tensor], seed: int) -> list[str]:
         torch.manual_seed(seed)  # same sampling seed for every preference on this prompt batch
@@ -251,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top_p", type=float, default=1.0)
     ap.add_argument("--greedy", action="store_true", help="greedy decoding instead of seeded sampling")
+    ap.add_argument("--backend", default="hf", choices=list(BACKENDS), help="decoder (rlhf/generation.py)")
+    ap.add_argument("--compile_backend", default="inductor", help="torch.compile backend for hf_static_compile")
     ap.add_argument("--one_at_a_time", action="store_true", help="one generate call per preference (slower)")
     ap.add_argument("--with_base", action="store_true", help="also score the base model (adapter off)")
     ap.add_argument("--scorer", action="append", default=[], help="extra scorer NAME=module:function")

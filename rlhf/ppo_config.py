@@ -81,6 +81,10 @@ class GenerationConfig:
     merge_adapter: bool = doc_field(
         False, "generate with W0 + dW(lambda) merged (2x faster on GPU; one extra copy of the adapted weights "
                "during generation; needs per-batch lambda and ZeRO stage 0-2)")
+    backend: Literal["hf", "hf_static_compile"] = doc_field(
+        "hf", "decoder (rlhf/generation.py): hf = eager dynamic cache; hf_static_compile = static cache + "
+              "torch.compile, compiled once per run, lambda a graph input (GPU; ZeRO stage 0-2)")
+    compile_backend: str = doc_field("inductor", "torch.compile backend for hf_static_compile ('eager' on CPU)")
 
     def __post_init__(self) -> None:
         check(self.max_new_tokens >= 1, "generation.max_new_tokens", "must be >= 1")

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from rlhf.batch import Rollout
+from rlhf.generation import GenerationBackend, HFEager
 from rlhf.losses import logprobs_from_logits
 from rlhf.svd_lora import adapter_disabled, merged, set_preference
 
@@ -47,28 +48,30 @@ def response_logprobs(model: nn.Module, sequences: torch.Tensor, attention_mask:
 @torch.no_grad()
 def generate(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[str], preference: Optional[torch.Tensor], *,
              max_prompt_length: int, max_new_tokens: int, temperature: float, top_p: float,
-             synced_gpus: bool = False, do_sample: bool = True
+             synced_gpus: bool = False, do_sample: bool = True, backend: Optional[GenerationBackend] = None
              ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
     """Left-padded prompts -> (sequences (B, P+T) with pads after EOS, attention_mask (B, P+T), prompt length P,
     response_mask (B, T)).
 
     ``preference`` (D,) or (B, D) is written into the adapter first; None leaves the model as it is.
+    ``backend`` decodes (``rlhf/generation.py``; default HF eager).
     """
+    backend = backend or HFEager()
     device = next(actor.parameters()).device
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # so that every prompt ends at the same column and responses line up
     try:
-        enc = tokenizer(list(prompt_texts), return_tensors="pt", padding=True, truncation=True,
-                        max_length=max_prompt_length, add_special_tokens=True)
+        # A compiled backend gets every batch at max_prompt_length: one shape, one graph.
+        enc = tokenizer(list(prompt_texts), return_tensors="pt", truncation=True, max_length=max_prompt_length,
+                        padding="max_length" if backend.static_shapes else True, add_special_tokens=True)
     finally:
         tokenizer.padding_side = side
     input_ids, prompt_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # (B, P)
     if preference is not None:
         set_preference(actor, preference)
-    sampling = dict(temperature=temperature, top_p=top_p, top_k=0) if do_sample else {}
-    sequences = actor.generate(input_ids=input_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens,
-                               do_sample=do_sample, pad_token_id=tokenizer.pad_token_id,
-                               eos_token_id=tokenizer.eos_token_id, synced_gpus=synced_gpus, **sampling)  # (B, P+T)
+    sequences = backend.generate(actor, input_ids, prompt_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                 temperature=temperature, top_p=top_p, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id, synced_gpus=synced_gpus)  # (B, P+T)
     P = input_ids.shape[1]
     response_mask = response_mask_from_tokens(sequences[:, P:], tokenizer.eos_token_id)       # (B, T)
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)                           # (B, P+T)
@@ -84,7 +87,8 @@ def decode_responses(tokenizer: Any, sequences: torch.Tensor, prompt_length: int
 @torch.no_grad()
 def generate_rollout(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[str], raw_prompts: Sequence[str],
                      preference: torch.Tensor, *, max_prompt_length: int, max_new_tokens: int, temperature: float,
-                     top_p: float, synced_gpus: bool = False, do_sample: bool = True, merge: bool = False) -> Rollout:
+                     top_p: float, synced_gpus: bool = False, do_sample: bool = True, merge: bool = False,
+                     backend: Optional[GenerationBackend] = None) -> Rollout:
     """Generate one response per prompt with lambda set, then score it under pi_old and pi_ref.
 
     ``merge``: generate with lambda merged into W0 (``svd_lora.merged``); log-probs still use the adapter form.
@@ -95,7 +99,7 @@ def generate_rollout(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[st
                                                            max_prompt_length=max_prompt_length,
                                                            max_new_tokens=max_new_tokens, temperature=temperature,
                                                            top_p=top_p, synced_gpus=synced_gpus,
-                                                           do_sample=do_sample)
+                                                           do_sample=do_sample, backend=backend)
     T = response_mask.shape[1]
     old_logprobs, _ = response_logprobs(actor, sequences, attention_mask, T, temperature)     # (B, T)
     with adapter_disabled(actor):

@@ -25,6 +25,7 @@ from rlhf.batch import Experience, Rollout
 from rlhf.config import to_dict
 from rlhf.critic import build_critic, save_critic
 from rlhf.data import DataError, ensure_pad_token, format_prompt, load_rows, require_columns
+from rlhf.generation import make_backend
 from rlhf.losses import masked_mean, policy_loss, value_loss
 from rlhf.ppo_config import PPOConfig
 from rlhf.preference import sample_preference
@@ -111,6 +112,12 @@ class PPOTrainer:
         self.prompts = self._load_prompts()  # data errors surface before any model is loaded
         hidden = getattr(AutoConfig.from_pretrained(cfg.actor_model).get_text_config(), "hidden_size", None)
         actor_ds, critic_ds = resolve_configs(cfg, self.world, hidden)
+        if cfg.generation.merge_adapter and engine.zero_stage(actor_ds) == 3:
+            raise ValueError("generation.merge_adapter needs ZeRO stage 0-2: under ZeRO-3 no rank holds full weights")
+        if cfg.generation.backend != "hf" and engine.zero_stage(actor_ds) == 3:
+            raise ValueError(f"generation.backend {cfg.generation.backend!r} needs ZeRO stage 0-2 (ZeRO-3's parameter "
+                             f"hooks break compiled graphs); use generation.backend hf")
+        self.generator = make_backend(cfg.generation.backend, cfg.generation.compile_backend)
         dtype = DTYPES[cfg.precision]
         self.scorer = Scorer(cfg.objectives, dtype=dtype, ds_config=actor_ds)
         with engine.zero3_init(actor_ds):
@@ -128,8 +135,6 @@ class PPOTrainer:
         self.actor = engine.initialize(actor, actor_ds, sched)
         self.critic = engine.initialize(critic, critic_ds, sched)
         self.synced_gpus = engine.zero_stage(actor_ds) == 3 and self.world > 1
-        if cfg.generation.merge_adapter and engine.zero_stage(actor_ds) == 3:
-            raise ValueError("generation.merge_adapter needs ZeRO stage 0-2: under ZeRO-3 no rank holds full weights")
         self.ptx = self._load_ptx()
         self.norm = RunningMeanStd(len(cfg.objectives))
         self.ideal = torch.tensor(cfg.tche_ideal) if cfg.tche_ideal is not None else None
@@ -177,7 +182,7 @@ class PPOTrainer:
         return generate_rollout(self.actor.module, self.tokenizer, texts, raw, lam,
                                 max_prompt_length=self.cfg.prompts.max_prompt_length,
                                 max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                                synced_gpus=self.synced_gpus, merge=g.merge_adapter)
+                                synced_gpus=self.synced_gpus, merge=g.merge_adapter, backend=self.generator)
 
     def _values(self, model: Any, rollout: Rollout, lam: torch.Tensor) -> torch.Tensor:
         """(B, T, D) values at the positions that generate each response token."""
@@ -283,6 +288,7 @@ class PPOTrainer:
         exp = self._experience(rollout, scores)
         t2 = time.perf_counter()
         upd = self._update(exp)
+        self.generator.after_update(self.actor.module)  # a backend with its own weight copy syncs here
         t3 = time.perf_counter()
         if self.aggregator.name != "ls" and cfg.tche_ideal is None and "surrogate" in upd:
             surrogate = self._mean_over_ranks({"s": upd["surrogate"]})["s"].float()
