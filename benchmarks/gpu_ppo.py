@@ -5,6 +5,7 @@ the adapter math on CUDA. Needs only torch + transformers (no DeepSpeed), so it 
     python benchmarks/gpu_ppo.py --tiny          # a seconds-long CPU check of the script itself
 
 Measures: rollout tokens/s (HF eager generate) with the SVD-LoRA adapter unmerged, merged for the batch's lambda,
+merged with the static-cache + torch.compile backend (compile time and recompiles after a new lambda reported),
 and with per-sample lambdas; the reference/old log-prob passes; one actor update (forward + backward + AdamW on
 the adapter) with its MFU; peak memory; and the decode memory floor (weights read once per step at the measured
 copy bandwidth). Prints a Markdown table.
@@ -20,6 +21,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from rlhf.aggregation import get_aggregator
+from rlhf.generation import HFStaticCompiled, compiled_graphs
 from rlhf.losses import policy_loss
 from rlhf.rollout import response_logprobs
 from rlhf.svd_lora import (SVDLoRAConfig, adapter_disabled, apply_svd_lora, merge_preference, set_preference,
@@ -96,8 +98,22 @@ def main() -> None:
     rows.append(("generate, adapter unmerged", t_unmerged, B * T / t_unmerged))
     merge_preference(model, lam)
     t_merged, _ = timed(lambda: model.generate(input_ids=prompts, attention_mask=mask, **gen))
-    unmerge_preference(model)
     rows.append(("generate, lambda merged into W0", t_merged, B * T / t_merged))
+    # hf_static_compile (rlhf/generation.py): static KV cache + compiled decode step; CUDA graphs on the GPU
+    backend = HFStaticCompiled("inductor" if dev.type == "cuda" else "eager",
+                               "reduce-overhead" if dev.type == "cuda" else None)
+    static = dict(gen, cache_implementation="static", compile_config=backend.compile_config)
+    g0, t0 = compiled_graphs(), time.perf_counter()
+    t_static, _ = timed(lambda: model.generate(input_ids=prompts, attention_mask=mask, **static))
+    results["static_compile_first_call_s"] = time.perf_counter() - t0 - t_static
+    unmerge_preference(model)
+    merge_preference(model, torch.tensor([0.8, 0.2]))  # a new lambda: same graph, weights changed in place
+    g1 = compiled_graphs()
+    model.generate(input_ids=prompts, attention_mask=mask, **static)
+    results["recompiles_after_new_lambda"] = compiled_graphs() - g1
+    results["graphs_compiled"] = g1 - g0
+    unmerge_preference(model)
+    rows.append(("generate, merged, static cache + torch.compile", t_static, B * T / t_static))
     per_sample = torch.distributions.Dirichlet(torch.ones(2)).sample((B,))
     t_ps, _ = timed(lambda: rollout(per_sample))
     rows.append(("generate, per-sample lambda (eval)", t_ps, B * T / t_ps))
@@ -144,6 +160,7 @@ def main() -> None:
         results["decode_floor_tokens_per_s"] = B / floor_step
         results["copy_bandwidth_TBps"] = bw / 1e12
         results["rollout_fraction_of_floor_merged"] = (B * T / t_merged) / results["decode_floor_tokens_per_s"]
+        results["rollout_fraction_of_floor_static_compile"] = (B * T / t_static) / results["decode_floor_tokens_per_s"]
     if dev.type == "cuda":
         results["peak_memory_GiB"] = torch.cuda.max_memory_allocated() / 2 ** 30
     results["phases"] = [{"phase": r[0], "seconds": r[1], "tokens_per_s": r[2]} for r in rows]
@@ -152,8 +169,9 @@ def main() -> None:
     print("| phase | seconds | tokens/s |\n|---|---|---|")
     for name, t, tps in rows:
         print(f"| {name} | {t:.3f} | {tps:,.0f} |")
-    for k in ("decode_floor_tokens_per_s", "rollout_fraction_of_floor_merged", "update_mfu", "peak_memory_GiB",
-              "copy_bandwidth_TBps"):
+    for k in ("decode_floor_tokens_per_s", "rollout_fraction_of_floor_merged",
+              "rollout_fraction_of_floor_static_compile", "static_compile_first_call_s", "graphs_compiled",
+              "recompiles_after_new_lambda", "update_mfu", "peak_memory_GiB", "copy_bandwidth_TBps"):
         if results.get(k) is not None:
             print(f"{k}: {results[k]:.4g}")
     if args.out:

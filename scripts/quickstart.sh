@@ -38,7 +38,7 @@ if [ ! -f "$OUT/ppo/policy/run.json" ]; then
 fi
 if [ ! -f "$OUT/eval/pareto.json" ]; then
   EVAL="python rlhf/evaluate.py --run $OUT/ppo --prompts $OUT/data/eval_prompts.jsonl --grid 0.1 --with_base
-        --n_prompts 64 --batch_size 16 --max_prompt_length 32 --max_new_tokens 40 --out $OUT/eval ${EVAL_ARGS:-}"
+        --n_prompts 128 --batch_size 16 --max_prompt_length 32 --max_new_tokens 40 --out $OUT/eval ${EVAL_ARGS:-}"
   stage "5/6 Pareto front (learned models + oracles)" $EVAL
   $EVAL
 fi
