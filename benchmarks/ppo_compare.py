@@ -31,7 +31,7 @@ import torch
 
 SIZES = {  # name: (hidden, layers, heads, vocab)
     "tiny": (128, 4, 4, 1024),      # the quickstart base: ~1M parameters
-    "100m": (768, 12, 12, 16384),   # ~90M parameters
+    "100m": (768, 18, 12, 32000),   # ~95M parameters (the local tokenizer stays far below 32k tokens)
 }
 PROMPTS = ["How do I {t}?", "Tell me how to {t}.", "Can you explain how to {t}?", "What is the best way to {t}?"]
 TASKS = ["bake bread", "plant tomatoes", "learn chess", "fix a bike tyre", "write a poem", "save money",

@@ -170,8 +170,9 @@ class SVDLoRALayer(nn.Module):
                     f"per-sample preference has batch {sv.shape[0]} but the input has batch {x.shape[0]}")
             sv = sv.view(sv.shape[0], *([1] * (x.dim() - 2)), sv.shape[1])             # (B, 1.., k+D)
         h = self.dropout(x).to(self.lora_V.dtype) @ self.lora_V                        # (..., k+D)
-        delta = (h * sv) @ self.lora_U.T                                               # (..., out)
-        return out + (self.c * delta).to(out.dtype)
+        # c folded into the (k+D) singular values: one multiply on a vector, not on the (..., out) output
+        delta = (h * (self.c * sv)) @ self.lora_U.T                                    # (..., out)
+        return out + delta.to(out.dtype)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, k={self.rank}, D={self.pref_dim}, c={self.c:g}"
