@@ -96,6 +96,15 @@ def check_compatible(saved_config: dict[str, Any], config: dict[str, Any], path:
                           f"Differences: " + "; ".join(diffs))
 
 
+def resolve_compatible(resume_from: str, root: Path, config: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint to resume and its trainer state, refused if a different config wrote it. Reads only JSON, so
+    trainers call it before loading any model."""
+    path = resolve(resume_from, root)
+    saved = json.loads((path / STATE_FILE).read_text())
+    check_compatible(saved["config"], config, path)
+    return path, saved
+
+
 def load(path: Path, engines: dict[str, Any]) -> dict[str, Any]:
     """Restore engines (adapter, critic, optimiser, scheduler) and this rank's RNG; return the trainer state."""
     state = json.loads((path / STATE_FILE).read_text())

@@ -61,6 +61,7 @@ class HFEager:
     """``model.generate`` with the dynamic cache."""
 
     name, static_shapes = "hf", False
+    cache_kwargs: dict[str, Any] = {}  # extra generate() arguments choosing the KV cache (and its compilation)
 
     @torch.no_grad()
     def generate(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
@@ -68,7 +69,8 @@ class HFEager:
                  eos_token_id: int, synced_gpus: bool = False) -> torch.Tensor:
         return model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                               do_sample=do_sample, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
-                              synced_gpus=synced_gpus, **_sampling(do_sample, temperature, top_p))  # (B, P+T)
+                              synced_gpus=synced_gpus, **self.cache_kwargs,
+                              **_sampling(do_sample, temperature, top_p))                      # (B, P+T)
 
     def after_update(self, model: nn.Module) -> None:
         pass
@@ -85,16 +87,7 @@ class HFStaticCompiled(HFEager):
         # One config object for the whole run: transformers re-compiles whenever it sees a different one.
         self.compile_config = CompileConfig(backend=compile_backend, mode=compile_mode, fullgraph=False)
         self.compile_config._compile_all_devices = True  # transformers compiles on CUDA only unless told
-
-    @torch.no_grad()
-    def generate(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
-                 max_new_tokens: int, do_sample: bool, temperature: float, top_p: float, pad_token_id: int,
-                 eos_token_id: int, synced_gpus: bool = False) -> torch.Tensor:
-        return model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                              do_sample=do_sample, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
-                              synced_gpus=synced_gpus, cache_implementation="static",
-                              compile_config=self.compile_config,
-                              **_sampling(do_sample, temperature, top_p))                      # (B, P+T)
+        self.cache_kwargs = {"cache_implementation": "static", "compile_config": self.compile_config}
 
 
 def make_backend(name: str = "hf", compile_backend: str = "inductor", compile_mode: Optional[str] = None

@@ -6,7 +6,6 @@ the loop also writes resumable checkpoints (``rlhf/checkpoint.py``'s format) and
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -53,9 +52,7 @@ class LoopState:
     """Where the loop is, saved in every checkpoint: with the engine's optimiser/scheduler and each rank's RNG this is
     everything needed for a resumed run to take exactly the steps the uninterrupted run would have taken."""
 
-    epoch: int = 0
-    position: int = 0                                     # micro-batches of this epoch already consumed
-    micro: int = 0                                        # micro-batches in all (drives the preference draws)
+    micro: int = 0            # micro-batches in all: gives epoch and row position, and drives the preference draws
     window: dict[str, float] = field(default_factory=dict)  # metric sums since the last log line
     n_window: int = 0
 
@@ -73,9 +70,7 @@ def resume_point(cfg: "SupervisedConfig") -> Optional[Path]:
 
     if cfg.resume_from is None:
         return None
-    path = checkpoint.resolve(cfg.resume_from, checkpoint_root(cfg))
-    saved = json.loads((path / checkpoint.STATE_FILE).read_text())
-    checkpoint.check_compatible(saved["config"], to_dict(cfg), path)
+    path, saved = checkpoint.resolve_compatible(cfg.resume_from, checkpoint_root(cfg), to_dict(cfg))
     if saved["world_size"] != engine.world_size():
         raise checkpoint.ResumeError(
             f"{path} was written by {saved['world_size']} processes but {engine.world_size()} were launched: the data "
@@ -113,44 +108,45 @@ def train_loop(model_engine: Any, cfg: "SupervisedConfig", n_items: int, *, tota
 
     bar = tqdm(total=total_steps, initial=res.steps, disable=not engine.is_main(), desc=desc, dynamic_ncols=True)
     t0, seconds0 = time.time(), res.seconds
+    # Every epoch gives each rank the same number of micro-batches (shard pads), so the counter alone says where
+    # the loop is: a resumed run continues from the very row the interrupted one would have read next.
+    per_epoch = math.ceil(math.ceil(n_items / world) / cfg.micro_batch_size)
+    indices, indices_epoch = [], -1
     while res.steps < total_steps:
-        indices = shard(n_items, st.epoch, cfg.seed, rank, world)
-        for start in range(st.position * cfg.micro_batch_size, len(indices), cfg.micro_batch_size):
-            loss, metrics = step_fn(indices[start:start + cfg.micro_batch_size], st.micro)
-            model_engine.backward(loss)
-            model_engine.step()
-            st.micro += 1
-            st.position += 1
-            for k, v in {"loss": loss.item(), **metrics}.items():
-                st.window[k] = st.window.get(k, 0.0) + float(v)
-            st.n_window += 1
-            if st.micro % cfg.grad_accum:
-                continue
-            res.steps += 1
-            bar.update(1)
-            if res.steps % cfg.log_every == 0 or res.steps == total_steps:
-                keys = sorted(st.window)
-                summed = engine.all_reduce_sum(torch.tensor([st.window[k] for k in keys] + [st.n_window],
-                                                            dtype=torch.float64, device=dev)).tolist()
-                logs = {f"train/{k}": summed[i] / summed[-1] for i, k in enumerate(keys)}
-                logs["train/lr"] = model_engine.get_lr()[0]
-                logs["train/epoch"] = st.epoch
-                tracker.log(logs, res.steps)
-                res.losses.append(logs["train/loss"])
-                bar.set_postfix(loss=f"{logs['train/loss']:.3f}")
-                st.window, st.n_window = {}, 0
-            if res.steps % cfg.eval_every == 0 or res.steps == total_steps:
-                res.final_eval = eval_fn()
-                tracker.log(res.final_eval, res.steps)
-                if engine.is_main():
-                    bar.write(f"step {res.steps}: " + ", ".join(f"{k}={v:.4f}" for k, v in res.final_eval.items()))
-            if res.steps >= total_steps:
-                break
-            if cfg.save_every and res.steps % cfg.save_every == 0:
-                res.seconds = round(seconds0 + time.time() - t0, 1)
-                save()
-        else:                                                 # the epoch ran out: the next one starts from row 0
-            st.epoch, st.position = st.epoch + 1, 0
+        epoch, position = divmod(st.micro, per_epoch)
+        if epoch != indices_epoch:
+            indices, indices_epoch = shard(n_items, epoch, cfg.seed, rank, world), epoch
+        start = position * cfg.micro_batch_size
+        loss, metrics = step_fn(indices[start:start + cfg.micro_batch_size], st.micro)
+        model_engine.backward(loss)
+        model_engine.step()
+        st.micro += 1
+        for k, v in {"loss": loss.item(), **metrics}.items():
+            st.window[k] = st.window.get(k, 0.0) + float(v)
+        st.n_window += 1
+        if st.micro % cfg.grad_accum:
+            continue
+        res.steps += 1
+        bar.update(1)
+        if res.steps % cfg.log_every == 0 or res.steps == total_steps:
+            keys = sorted(st.window)
+            summed = engine.all_reduce_sum(torch.tensor([st.window[k] for k in keys] + [st.n_window],
+                                                        dtype=torch.float64, device=dev)).tolist()
+            logs = {f"train/{k}": summed[i] / summed[-1] for i, k in enumerate(keys)}
+            logs["train/lr"] = model_engine.get_lr()[0]
+            logs["train/epoch"] = epoch
+            tracker.log(logs, res.steps)
+            res.losses.append(logs["train/loss"])
+            bar.set_postfix(loss=f"{logs['train/loss']:.3f}")
+            st.window, st.n_window = {}, 0
+        if res.steps % cfg.eval_every == 0 or res.steps == total_steps:
+            res.final_eval = eval_fn()
+            tracker.log(res.final_eval, res.steps)
+            if engine.is_main():
+                bar.write(f"step {res.steps}: " + ", ".join(f"{k}={v:.4f}" for k, v in res.final_eval.items()))
+        if cfg.save_every and res.steps % cfg.save_every == 0 and res.steps < total_steps:
+            res.seconds = round(seconds0 + time.time() - t0, 1)
+            save()
     bar.close()
     res.seconds = round(seconds0 + time.time() - t0, 1)
     return res

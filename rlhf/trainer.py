@@ -160,9 +160,7 @@ class PPOTrainer:
         return [str(t) for t in rows[self.cfg.ptx.text_column]]
 
     def _resume(self) -> None:
-        path = checkpoint.resolve(self.cfg.resume_from, self.out / "checkpoints")
-        saved = json.loads((path / checkpoint.STATE_FILE).read_text())
-        checkpoint.check_compatible(saved["config"], to_dict(self.cfg), path)
+        path, _ = checkpoint.resolve_compatible(self.cfg.resume_from, self.out / "checkpoints", to_dict(self.cfg))
         state = checkpoint.load(path, {"actor": self.actor, "critic": self.critic})
         self.step, self.bad_in_row, self.bad_total = state["step"], state["bad_in_row"], state["bad_total"]
         self.prompts.load_state_dict(state["prompts"])
