@@ -127,7 +127,12 @@ def test_sigkill_then_resume_takes_the_same_steps(world, tmp_path):
     assert b["resumed_from"] and a["resumed_from"] is None
     assert len(b["losses"]) == 10
     np.testing.assert_allclose(b["losses"], a["losses"], rtol=1e-5)
-    assert b["final_eval"] == pytest.approx(a["final_eval"]) and b["initial_eval"] == a["initial_eval"]
+    assert b["final_eval"] == pytest.approx(a["final_eval"])
+    # The step-0 evaluation is carried in the checkpoint, not recomputed. (It is not compared with the full run's:
+    # at initialisation the DPO margins are ~1e-7, so their signs vary between processes.)
+    ckpts = tmp_path / "killed_checkpoints"
+    saved = json.loads((ckpts / (ckpts / "latest").read_text() / "trainer_state.json").read_text())
+    assert b["initial_eval"] == saved["result"]["initial_eval"]
     wa, wb = (load_file(str(tmp_path / n / "policy" / "adapter_model.safetensors")) for n in ("full", "killed"))
     assert wa.keys() == wb.keys()
     for k in wa:
