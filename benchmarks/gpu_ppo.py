@@ -23,7 +23,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from rlhf.aggregation import get_aggregator
 from rlhf.generation import HFStaticCompiled, compiled_graphs
 from rlhf.losses import policy_loss
-from rlhf.rollout import response_logprobs
+from rlhf.rollout import policy_and_reference_logprobs, response_logprobs
 from rlhf.svd_lora import (SVDLoRAConfig, adapter_disabled, apply_svd_lora, merge_preference, set_preference,
                            svd_lora_layers, unmerge_preference)
 
@@ -127,8 +127,10 @@ def main() -> None:
         t_old, old = timed(lambda: response_logprobs(model, seqs, full_mask, T, 1.0)[0])
         with adapter_disabled(model):
             t_ref, ref = timed(lambda: response_logprobs(model, seqs, full_mask, T, 1.0)[0])
+        t_both, _ = timed(lambda: policy_and_reference_logprobs(model, seqs, full_mask, T, 1.0, lam))
     rows.append(("old log-probs (adapter on)", t_old, B * (P + T) / t_old))
     rows.append(("ref log-probs (adapter off)", t_ref, B * (P + T) / t_ref))
+    rows.append(("old + ref log-probs in one pass (as PPO runs)", t_both, 2 * B * (P + T) / t_both))
 
     # actor update: micro-batches of the rollout, LS loss, AdamW on the adapter only
     params = [p for p in model.parameters() if p.requires_grad]

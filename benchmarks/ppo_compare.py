@@ -14,6 +14,8 @@ at temperature 1, top_k 0), 2 PPO epochs x 2 mini-batches, fp32, and the machine
 the libraries' own: TRL trains the full policy and a full value model and keeps a separate reference model (or,
 with ``--trl_peft``, a peft LoRA r=8 policy whose reference is the adapter switched off, like ours); we train the
 SVD-LoRA adapter of actor and critic, take reference log-probs with the adapter off, and score with *two* models.
+Ours runs as the quickstart ships it: lambda merged into W0 for generation (``--no_merge`` to switch off) and
+each score model called once per rollout batch.
 Each run prints one JSON line: seconds per iteration (median over iterations after the first), phases where known,
 response tokens per iteration, and peak RSS.
 """
@@ -28,6 +30,9 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, also for the TRL venv's interpreter
+from rlhf.data import DEFAULT_TEMPLATE  # noqa: E402
 
 SIZES = {  # name: (hidden, layers, heads, vocab)
     "tiny": (128, 4, 4, 1024),      # the quickstart base: ~1M parameters
@@ -51,7 +56,8 @@ def prepare(args: argparse.Namespace) -> None:
     hidden, layers, heads, vocab = SIZES[args.size]
     d = Path(args.dir)
     texts = [p.format(t=t) for p in PROMPTS for t in TASKS]
-    tok = build_tokenizer(texts * 4, vocab_size=vocab)
+    # trained on the prompts as both sides see them (in our conversation template), so the template is a few tokens
+    tok = build_tokenizer([DEFAULT_TEMPLATE.format(prompt=t) for t in texts] * 4, vocab_size=vocab)
     ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     model = tiny_causal_lm("llama", vocab_size=len(tok), hidden=hidden, layers=layers, heads=heads, seed=0, **ids)
     model.save_pretrained(d / "policy")
@@ -99,14 +105,16 @@ def run_ours(args: argparse.Namespace) -> dict:
     d = Path(args.dir)
     cfg = load_config(PPOConfig, None, [
         "--actor_model", str(d / "policy"), "--output_dir", str(d / f"ours_out{'_refcopy' if args.ref_copy else ''}"),
-        "--objectives", json.dumps([{"name": "helpful", "model": str(d / "rm"), "kind": "reward"},
-                                    {"name": "harmless", "model": str(d / "cm"), "kind": "cost"}]),
+        "--objectives", json.dumps([  # one scoring call per model per rollout batch, as the quickstart ships
+            {"name": "helpful", "model": str(d / "rm"), "kind": "reward", "batch_size": args.batch},
+            {"name": "harmless", "model": str(d / "cm"), "kind": "cost", "batch_size": args.batch}]),
         "--adapter.rank", "8", "--adapter.pref_dim", "2", "--prompts.path", str(d / "prompts.jsonl"),
         "--prompts.max_prompt_length", "32", "--generation.max_new_tokens", str(args.new),
+        "--generation.merge_adapter", str(not args.no_merge).lower(),
         "--rollout_batch_size", str(args.batch), "--mini_batch_size", str(args.batch // 2),
         "--micro_batch_size", str(args.batch // 2), "--ppo.ppo_epochs", "2", "--total_steps", str(args.iters),
         "--precision", "fp32", "--save_every", "0", "--sample_every", "0", "--wandb.mode", "disabled",
-        "--ds_config", "ds_configs/zero2.json"])
+        "--ds_config", args.ds_config])
     trainer = PPOTrainer(cfg)
     if args.ref_copy:
         _use_reference_copy(trainer, d / "policy")
@@ -119,7 +127,8 @@ def run_ours(args: argparse.Namespace) -> dict:
         tokens.append(m["perf/generate_tokens_per_s"] * m["time/generate"])
     med = [statistics.median(p[i] for p in phases[1:]) for i in range(3)]
     tok = statistics.median(tokens[1:])
-    return {"impl": "ours" + ("+ref_copy" if args.ref_copy else ""), "s_per_iter": statistics.median(times[1:]),
+    impl = "ours" + ("+ref_copy" if args.ref_copy else "") + ("+no_merge" if args.no_merge else "")
+    return {"impl": impl, "s_per_iter": statistics.median(times[1:]),
             "generate_s": med[0], "score_s": med[1], "update_s": med[2], "response_tokens": tok,
             "generate_tok_s": tok / med[0], "score_tok_s": tok / med[1], "update_tok_s": tok / med[2]}
 
@@ -156,7 +165,8 @@ def run_trl(args: argparse.Namespace) -> dict:
     d = Path(args.dir)
     tok = AutoTokenizer.from_pretrained(d / "policy", padding_side="left")
     prompts = [json.loads(line)["prompt"] for line in (d / "prompts.jsonl").read_text().splitlines()]
-    enc = [tok(p, truncation=True, max_length=32)["input_ids"] for p in prompts]
+    # the exact prompt text our trainer builds (same template, same 32-token cap)
+    enc = [tok(DEFAULT_TEMPLATE.format(prompt=p), truncation=True, max_length=32)["input_ids"] for p in prompts]
     data = Dataset.from_dict({"input_ids": (enc * (args.batch * (args.iters + 1) // len(enc) + 1))})
     policy = AutoModelForCausalLM.from_pretrained(d / "policy")
     value = AutoModelForSequenceClassification.from_pretrained(d / "rm", num_labels=1)
@@ -198,6 +208,9 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=40, help="response tokens")
     ap.add_argument("--iters", type=int, default=6, help="iterations; the first is warm-up")
     ap.add_argument("--ref_copy", action="store_true", help="ours: reference log-probs from a separate copy")
+    ap.add_argument("--ds_config", default="ds_configs/zero2.json", help="ours: DeepSpeed config")
+    ap.add_argument("--no_merge", action="store_true",
+                    help="ours: generate through the adapter instead of W0 + dW(lambda) merged per batch")
     ap.add_argument("--trl_peft", action="store_true", help="trl: peft LoRA policy (reference = adapter off)")
     args = ap.parse_args()
     torch.manual_seed(0)

@@ -141,6 +141,8 @@ class SVDLoRALayer(nn.Module):
         self.register_buffer("preference", None, persistent=False)
         self.disabled = False
         self.merged_preference: Optional[torch.Tensor] = None
+        # (N,) 1 = adapter on, 0 = base weights alone, per row of the batch (``adapter_rows``); None = all on.
+        self.row_gate: Optional[torch.Tensor] = None
 
     def singular_values(self, pref: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``(sigma_1..sigma_k, s*lambda_1..s*lambda_D)``: shape (k+D,) or (B, k+D) for per-sample lambda."""
@@ -168,6 +170,11 @@ class SVDLoRALayer(nn.Module):
             if sv.shape[0] != x.shape[0]:
                 raise PreferenceError(
                     f"per-sample preference has batch {sv.shape[0]} but the input has batch {x.shape[0]}")
+        if self.row_gate is not None:
+            if self.row_gate.shape[0] != x.shape[0]:
+                raise ValueError(f"adapter row gate has {self.row_gate.shape[0]} rows but the input has {x.shape[0]}")
+            sv = sv * self.row_gate.unsqueeze(-1)                                      # (B, k+D): 0 rows = W0 alone
+        if sv.dim() == 2:
             sv = sv.view(sv.shape[0], *([1] * (x.dim() - 2)), sv.shape[1])             # (B, 1.., k+D)
         h = self.dropout(x).to(self.lora_V.dtype) @ self.lora_V                        # (..., k+D)
         # c folded into the (k+D) singular values: one multiply on a vector, not on the (..., out) output
@@ -282,6 +289,32 @@ def adapter_disabled(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for layer, prev in zip(layers, previous):
             layer.disabled = prev
+
+
+@contextlib.contextmanager
+def adapter_rows(model: nn.Module, enabled: torch.Tensor) -> Iterator[nn.Module]:
+    """Per row of the batch, the adapter on (``enabled`` True) or off (False: the frozen base weights alone).
+
+    One forward over ``[batch; batch]`` with ``enabled = [1..1, 0..0]`` yields the policy's and the reference's
+    outputs together: the reference rows' delta is exactly zero, so they equal an ``adapter_disabled`` pass, and the
+    two passes become one batched call (fewer kernel launches; DESIGN.md §4).
+    """
+    layers = _layers_or_raise(model)
+    if any(layer.merged_preference is not None for layer in layers):
+        raise RuntimeError("adapter is merged into the base weights; unmerge_preference(model) first")
+    if enabled.dim() != 1:
+        raise ValueError(f"enabled must be one flag per row, shape (N,); got {tuple(enabled.shape)}")
+    cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+    for layer in layers:
+        key = (layer.lora_s.device, layer.lora_s.dtype)
+        if key not in cache:
+            cache[key] = enabled.to(device=key[0], dtype=key[1])                       # (N,)
+        layer.row_gate = cache[key]
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.row_gate = None
 
 
 @torch.no_grad()

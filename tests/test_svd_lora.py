@@ -5,8 +5,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rlhf.svd_lora import (AdapterMismatchError, PreferenceError, SVDLoRAConfig, SVDLoRALayer, adapter_disabled,
-                           apply_svd_lora, count_parameters, find_target_modules, load_adapter, merge_and_unload,
-                           merge_preference, save_adapter, set_preference, svd_lora_layers, unmerge_preference)
+                           adapter_rows, apply_svd_lora, count_parameters, find_target_modules, get_preference,
+                           load_adapter, merge_and_unload, merge_preference, save_adapter, set_preference,
+                           svd_lora_layers, unmerge_preference)
 from rlhf.tiny import tiny_causal_lm
 
 
@@ -134,6 +135,35 @@ def test_disable_gives_base_model(tiny_lm, input_ids):
     with adapter_disabled(tiny_lm):
         assert torch.equal(_logits(tiny_lm, ids, mask), base)
     assert not torch.allclose(_logits(tiny_lm, ids, mask), base, atol=1e-4)
+
+
+@pytest.mark.parametrize("prefs", [[0.7, 0.3], [[0.9, 0.1], [0.2, 0.8]]], ids=["shared", "per_sample"])
+def test_one_pass_old_and_reference_logprobs_equal_two_passes(tiny_lm, input_ids, prefs):
+    from rlhf.rollout import policy_and_reference_logprobs, position_ids_from_mask, response_logprobs
+
+    ids, mask = input_ids
+    apply_svd_lora(tiny_lm, SVDLoRAConfig(rank=4, pref_dim=2))
+    _randomise(tiny_lm)
+    lam = torch.tensor(prefs)
+    set_preference(tiny_lm, lam)
+    T = 4
+    with torch.no_grad():
+        old, _ = response_logprobs(tiny_lm, ids, mask, T, 0.7)                                 # (B, T)
+        with adapter_disabled(tiny_lm):
+            ref, _ = response_logprobs(tiny_lm, ids, mask, T, 0.7)                             # (B, T)
+    one_old, one_ref = policy_and_reference_logprobs(tiny_lm, ids, mask, T, 0.7, lam)
+    # naive reference: the full logits (response_logprobs asks the LM head for the last T+1 positions only)
+    with torch.no_grad():
+        full = tiny_lm(input_ids=ids, attention_mask=mask,
+                       position_ids=position_ids_from_mask(mask)).logits[:, -T - 1:-1] / 0.7     # (B, T, V)
+    naive = torch.log_softmax(full, -1).gather(-1, ids[:, -T:].unsqueeze(-1)).squeeze(-1)       # (B, T)
+    torch.testing.assert_close(old, naive, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(old, ref, atol=1e-3)  # the adapter matters, so the rows really differ
+    torch.testing.assert_close(one_old, old, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one_ref, ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(get_preference(tiny_lm), lam) and all(l.row_gate is None for _, l in svd_lora_layers(tiny_lm))
+    with pytest.raises(ValueError, match="row gate has 3 rows"), adapter_rows(tiny_lm, torch.ones(3)):
+        _logits(tiny_lm, ids, mask)
 
 
 def test_save_load_round_trip(tiny_lm, input_ids, tmp_path):
