@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # PPO iteration vs TRL 1.12, phase breakdown (tiny and ~90M) and reference-copy memory, on this machine's CPU.
-#   bash benchmarks/ppo_compare.sh [ROUNDS]      (default 3 rounds; ~25 min on 2 cores)
+#   bash benchmarks/ppo_compare.sh [ROUNDS]      (default 3 rounds; ~10 min on 2 cores)
 # TRL 1.12 (the last release with PPOTrainer, under trl.experimental) goes into its own venv, benchmarks/.venv-trl,
 # which sees this environment's packages through a .pth file: both sides run the same torch and transformers.
 # Never run it beside other jobs: two processes spinning OpenMP threads on 2 cores slow each other ~20x.
