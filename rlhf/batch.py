@@ -51,3 +51,20 @@ class Experience:
         tensors = {f.name: getattr(self, f.name)[idx] for f in fields(self)
                    if f.name != "rollout"}
         return Experience(rollout=sub_rollout, **tensors)
+
+    def trimmed(self) -> "Experience":
+        """The same rows without the columns that are padding in every row: leading prompt pads and the response
+        positions after the longest response. Pads are masked out of attention and of every loss, so the update's
+        values on real tokens are unchanged; a micro-batch of short answers just costs fewer tokens."""
+        r = self.rollout
+        P = r.prompt_length
+        T = max(int(r.response_mask.sum(-1).max()), 1)                  # longest response in these rows
+        lead = int((r.attention_mask[:, :P].sum(0) == 0).long().cumprod(0).sum())  # all-pad prompt columns
+        if lead == 0 and T == r.response_mask.shape[1]:
+            return self
+        sub_rollout = replace(r, sequences=r.sequences[:, lead:P + T], attention_mask=r.attention_mask[:, lead:P + T],
+                              response_mask=r.response_mask[:, :T], old_logprobs=r.old_logprobs[:, :T],
+                              ref_logprobs=r.ref_logprobs[:, :T])
+        tensors = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rollout"}
+        tensors.update({k: v[:, :T] for k, v in tensors.items() if k != "scores"})  # (b, T[, D])
+        return Experience(rollout=sub_rollout, **tensors)

@@ -212,7 +212,6 @@ class PPOTrainer:
 
     def _update(self, exp: Experience) -> dict[str, float]:
         cfg, p = self.cfg, self.cfg.ppo
-        T = exp.rollout.response_mask.shape[1]
         stats: dict[str, list] = {k: [] for k in ("policy_loss", "clipfrac", "approx_kl", "entropy", "surrogate",
                                                    "value_loss", "ptx_loss")}
         train_actor = self.step >= p.critic_warmup_steps
@@ -220,11 +219,12 @@ class PPOTrainer:
         for _ in range(p.ppo_epochs):
             order = torch.randperm(cfg.rollout_batch_size, generator=gen)
             for start in range(0, cfg.rollout_batch_size, cfg.micro_batch_size):
-                mb = exp.select(order[start:start + cfg.micro_batch_size])
+                mb = exp.select(order[start:start + cfg.micro_batch_size]).trimmed()  # drop all-pad columns
                 r, mask = mb.rollout, mb.rollout.response_mask.float()                         # mask (b, T)
                 if train_actor:
                     set_preference(self.actor.module, r.preference)
-                    logprobs, entropy = response_logprobs(self.actor, r.sequences, r.attention_mask, T,
+                    logprobs, entropy = response_logprobs(self.actor, r.sequences, r.attention_mask,
+                                                          r.response_mask.shape[1],
                                                           cfg.generation.temperature, with_entropy=True)
                     loss, s = policy_loss(logprobs, r.old_logprobs, mb.advantages, mb.kl_advantages, mask,
                                           r.preference, self.aggregator, p.clip_ratio, self.ideal, cfg.stche_mu)

@@ -125,3 +125,44 @@ def test_preference_sampling():
         PreferenceConfig(mode="fixed", fixed=(0.3, 0.3))
     with pytest.raises(ConfigError, match=">= 0"):
         PreferenceConfig(mode="fixed", fixed=(1.5, -0.5))
+
+
+def test_trimmed_micro_batch_drops_pad_columns_and_keeps_every_real_token():
+    """The update trims all-pad columns per micro-batch; log-probs, values and the loss on real tokens must not move."""
+    from rlhf.batch import Experience, Rollout
+    from rlhf.critic import ValueModel
+    from rlhf.rollout import position_ids_from_mask, response_logprobs
+    from rlhf.tiny import tiny_causal_lm
+
+    torch.manual_seed(0)
+    B, P, T, D = 3, 5, 6, 2
+    prompt_mask = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 1, 1], [0, 0, 1, 1, 1]])          # 2 all-pad columns
+    response_mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]])  # longest is 4
+    attention = torch.cat([prompt_mask, response_mask], 1)                                    # (B, P+T)
+    seqs = torch.randint(3, 200, (B, P + T)) * attention
+    rnd = lambda *s: torch.randn(*s)  # noqa: E731
+    exp = Experience(rollout=Rollout(seqs, attention, response_mask, rnd(B, T), rnd(B, T), torch.tensor([0.4, 0.6]),
+                                     ("p",) * B, ("r",) * B),
+                     scores=rnd(B, D), values=rnd(B, T, D), advantages=rnd(B, T, D), returns=rnd(B, T, D),
+                     kl_advantages=rnd(B, T), kl=rnd(B, T))
+    small = exp.trimmed()
+    assert small.rollout.sequences.shape == (B, 3 + 4) and small.advantages.shape == (B, 4, D)
+    assert small.rollout.prompt_length == 3 and small.scores.shape == (B, D)
+    model = tiny_causal_lm("llama", vocab_size=200).eval()
+    critic = ValueModel(model.model, D).eval()
+    with torch.no_grad():
+        full_lp, _ = response_logprobs(model, seqs, attention, T, 1.0)                         # (B, T)
+        lp, _ = response_logprobs(model, small.rollout.sequences, small.rollout.attention_mask, 4, 1.0)
+        m = small.rollout.attention_mask
+        v = critic(small.rollout.sequences, m, position_ids_from_mask(m))[:, 2:-1]            # (B, 4, D)
+        full_v = critic(seqs, attention, position_ids_from_mask(attention))[:, P - 1:-1]     # (B, T, D)
+    real = response_mask[:, :4].bool()
+    torch.testing.assert_close(lp[real], full_lp[:, :4][real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(v[real], full_v[:, :4][real], atol=1e-5, rtol=1e-5)
+    args = (get_aggregator("ls"), 0.2)
+    full_loss, _ = policy_loss(full_lp, exp.rollout.old_logprobs, exp.advantages, exp.kl_advantages,
+                               response_mask.float(), exp.rollout.preference, *args)
+    loss, _ = policy_loss(lp, small.rollout.old_logprobs, small.advantages, small.kl_advantages,
+                          small.rollout.response_mask.float(), small.rollout.preference, *args)
+    torch.testing.assert_close(loss, full_loss, atol=1e-5, rtol=1e-5)
+    assert exp.select(torch.tensor([0, 2])).trimmed().rollout.sequences.shape == (2, 3 + 4)
