@@ -258,16 +258,22 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return sum(numel(p) for p in params if p.requires_grad), sum(numel(p) for p in params)
 
 
+def _per_layer(layers: list[SVDLoRALayer], t: torch.Tensor) -> Iterator[tuple[SVDLoRALayer, torch.Tensor]]:
+    """Each layer with ``t`` on its device and dtype, one copy per (device, dtype): runtime state for every layer."""
+    cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+    for layer in layers:
+        key = (layer.lora_s.device, layer.lora_s.dtype)
+        if key not in cache:
+            cache[key] = t.to(device=key[0], dtype=key[1])
+        yield layer, cache[key]
+
+
 def set_preference(model: nn.Module, pref: Any) -> torch.Tensor:
     """Write ``lambda`` into every adapted layer: one vector ``(D,)`` or one per sample ``(B, D)``."""
     cfg = adapter_config(model)
     t = validate_preference(pref, cfg.pref_dim)
-    cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-    for layer in _layers_or_raise(model):
-        key = (layer.lora_s.device, layer.lora_s.dtype)
-        if key not in cache:
-            cache[key] = t.to(device=key[0], dtype=key[1])
-        layer.preference = cache[key]
+    for layer, copy_ in _per_layer(_layers_or_raise(model), t):
+        layer.preference = copy_
     return t
 
 
@@ -304,12 +310,8 @@ def adapter_rows(model: nn.Module, enabled: torch.Tensor) -> Iterator[nn.Module]
         raise RuntimeError("adapter is merged into the base weights; unmerge_preference(model) first")
     if enabled.dim() != 1:
         raise ValueError(f"enabled must be one flag per row, shape (N,); got {tuple(enabled.shape)}")
-    cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-    for layer in layers:
-        key = (layer.lora_s.device, layer.lora_s.dtype)
-        if key not in cache:
-            cache[key] = enabled.to(device=key[0], dtype=key[1])                       # (N,)
-        layer.row_gate = cache[key]
+    for layer, gate in _per_layer(layers, enabled):
+        layer.row_gate = gate                                                          # (N,)
     try:
         yield model
     finally:
