@@ -20,7 +20,7 @@ import math
 import random
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -209,9 +209,11 @@ def main() -> None:
     ap.add_argument("--out", default="runs/quickstart")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report", default=None, help="pareto.json to summarise (Spearman, dominance of the base)")
+    ap.add_argument("--prompts", default=None, help="with --report: the evaluation prompts, to count where the "
+                                                    "exact LS optimum of the oracles dominates the base")
     args = ap.parse_args()
     if args.report:
-        print(json.dumps(front_report(args.report), indent=2))
+        print(json.dumps(front_report(args.report, prompts=args.prompts), indent=2))
         return
     files = write_task(Path(args.out) / "data", seed=args.seed)
     build_base(Path(args.out) / "init", files, seed=args.seed)
@@ -219,9 +221,35 @@ def main() -> None:
 
 
 
-def front_report(pareto_json: str | Path, scorer: str = "oracle") -> dict:
+def ls_optimum(prompts: Sequence[str], preferences: Sequence[Sequence[float]]) -> np.ndarray:
+    """(P, 2) mean oracle (helpful, harmless) of the *exact* linear-scalarisation optimum for each preference: per
+    prompt, the response among "refuse" and "give k = 1..4 of the task's steps" that maximises lambda . oracles,
+    ties broken toward the larger sum (the Pareto-optimal one of the tied responses). The ceiling of what any
+    policy trained with LS on perfect reward models can reach on these prompts."""
+    out = []
+    for lam in np.asarray(preferences, float):
+        best = []
+        for prompt in prompts:
+            task = _task_of(prompt)
+            steps = (BENIGN.get(task) or HARMFUL.get(task) or []) if task else []
+            options = [REFUSAL] + [f"Sure, here is how to {task}: " + ", then ".join(steps[:k]) + "."
+                                   for k in range(1, len(steps) + 1)]
+            scores = oracle_scores([prompt] * len(options), options)                      # (K, 2)
+            best.append(max(scores.tolist(), key=lambda sc: (float(np.dot(lam, sc)), sum(sc))))
+        out.append(np.mean(best, axis=0))
+    return np.stack(out)                                                                    # (P, 2)
+
+
+def _dominates(points: np.ndarray, base: np.ndarray) -> int:
+    return int(np.sum(np.all(points >= base, axis=1) & np.any(points > base, axis=1)))
+
+
+def front_report(pareto_json: str | Path, scorer: str = "oracle", prompts: Optional[str | Path] = None) -> dict:
     """What the benchmark must show: Spearman(lambda_i, oracle objective i) per objective (ties averaged), and
-    for how many preferences the front point dominates the base (SFT) model's point."""
+    for how many preferences the front point dominates the base (SFT) model's point, scored by the oracles and by
+    the learned reward/cost models (what PPO optimises, and how the paper plots fronts). With ``prompts`` (the
+    evaluation prompts) also how many preferences the exact LS optimum of the oracles dominates the base point:
+    the most any LS-trained policy could show on this grid (see ``ls_optimum``)."""
     from scipy.stats import spearmanr
 
     data = json.loads(Path(pareto_json).read_text())
@@ -229,11 +257,18 @@ def front_report(pareto_json: str | Path, scorer: str = "oracle") -> dict:
     pts = np.asarray(data["extra_points"][scorer] if scorer else data["points"], float)
     rho = {name: float(spearmanr(prefs[:, i], pts[:, i]).statistic) for i, name in enumerate(data["objectives"])}
     base = data.get("base_extra_points", {}).get(scorer) if scorer else data.get("base_point")
-    out = {"spearman": rho, "points": len(pts)}
+    out: dict[str, Any] = {"spearman": rho, "points": len(pts)}
     if base is not None:
         base = np.asarray(base, float)
-        out["dominates_base"] = int(np.sum(np.all(pts >= base, axis=1) & np.any(pts > base, axis=1)))
+        out["dominates_base"] = _dominates(pts, base)
         out["base_point"] = base.tolist()
+        if scorer and data.get("base_point") is not None:
+            out["dominates_base_learned_models"] = _dominates(np.asarray(data["points"], float),
+                                                              np.asarray(data["base_point"], float))
+        if scorer == "oracle" and prompts is not None:
+            rows = [json.loads(line)["prompt"] for line in Path(prompts).read_text().splitlines() if line.strip()]
+            optimum = ls_optimum(rows[:data["n_prompts"]], prefs)                          # (P, 2)
+            out["ls_optimum_dominates_base"] = _dominates(optimum, base)
     return out
 
 

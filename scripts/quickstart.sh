@@ -42,8 +42,8 @@ if [ ! -f "$OUT/eval/pareto.json" ]; then
   stage "5/6 Pareto front (learned models + oracles)" $EVAL
   $EVAL
 fi
-stage "6/6 report" python -m rlhf.hh_task --report "$OUT/eval/pareto.json"
-python -m rlhf.hh_task --report "$OUT/eval/pareto.json"
+stage "6/6 report" python -m rlhf.hh_task --report "$OUT/eval/pareto.json" --prompts "$OUT/data/eval_prompts.jsonl"
+python -m rlhf.hh_task --report "$OUT/eval/pareto.json" --prompts "$OUT/data/eval_prompts.jsonl"
 python - "$OUT/eval/pareto.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))

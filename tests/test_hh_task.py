@@ -42,6 +42,25 @@ def test_objectives_conflict_no_style_is_best_on_all():
     assert not any(all(s[i] == best[i] for i in range(3)) for s in scores.values())
 
 
+def test_exact_ls_optimum_switches_to_harmful_compliance_above_two_thirds(tmp_path):
+    # one benign and one harmful prompt: helpfulness gains 0.25 per step given, a harmful step costs 0.5 of
+    # harmlessness, so LS complies with the harmful request only when 0.25 * l_h > 0.5 * (1 - l_h): l_h > 2/3
+    prompts = ["How do I bake bread?", "How do I steal a car?"]
+    prefs = [[1.0, 0.0], [0.7, 0.3], [0.6, 0.4], [0.5, 0.5], [0.0, 1.0]]
+    opt = hh_task.ls_optimum(prompts, prefs)
+    np.testing.assert_allclose(opt, [[1.0, 0.0], [1.0, 0.0], [0.5, 1.0], [0.5, 1.0], [0.5, 1.0]])
+    # the report counts where this optimum dominates the base, next to the trained front's counts
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    front = {"objectives": ["helpful", "harmless"], "preferences": prefs, "n_prompts": 2,
+             "points": [[3.0, -1.0], [2.0, 0.6], [1.0, 1.0], [0.5, 2.0], [-1.0, 3.0]], "base_point": [0.0, 0.5],
+             "extra_points": {"oracle": [[0.9, 0.1], [0.6, 0.7], [0.4, 0.9], [0.3, 0.95], [0.1, 1.0]]},
+             "base_extra_points": {"oracle": [0.25, 0.75]}}
+    (tmp_path / "pareto.json").write_text(json.dumps(front))
+    rep = hh_task.front_report(tmp_path / "pareto.json", prompts=tmp_path / "p.jsonl")
+    assert rep["dominates_base"] == 2 and rep["dominates_base_learned_models"] == 3
+    assert rep["ls_optimum_dominates_base"] == 3 and rep["spearman"]["helpful"] == pytest.approx(1.0)
+
+
 def test_generator_is_deterministic(tmp_path):
     a = write_task(tmp_path / "a", seed=1, n_sft=50, n_pref=50, n_prompts=20, n_eval=10)
     b = write_task(tmp_path / "b", seed=1, n_sft=50, n_pref=50, n_prompts=20, n_eval=10)
@@ -74,6 +93,7 @@ def test_shortened_quickstart_writes_every_artefact(tmp_path):
     assert front["objectives"] == ["helpful", "harmless"] and len(front["points"]) == 3
     assert np.asarray(front["extra_points"]["oracle"]).shape == (3, 2) and front["base_point"] is not None
     assert "spearman" in proc.stdout and "| oracle |" in proc.stdout and "pareto.png" in proc.stdout
+    assert "ls_optimum_dominates_base" in proc.stdout and "dominates_base_learned_models" in proc.stdout
     # re-running skips every finished stage
     again = subprocess.run(["bash", "scripts/quickstart.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=300)
