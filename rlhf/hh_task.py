@@ -221,8 +221,9 @@ def main() -> None:
 
 
 
-def ls_optimum(prompts: Sequence[str], preferences: Sequence[Sequence[float]]) -> np.ndarray:
-    """(P, 2) mean oracle (helpful, harmless) of the *exact* linear-scalarisation optimum for each preference: per
+def ls_optimum(prompts: Sequence[str], preferences: Sequence[Sequence[float]],
+               objectives: Sequence[str] = ("helpful", "harmless")) -> np.ndarray:
+    """(P, D) mean oracle scores of the *exact* linear-scalarisation optimum for each preference: per
     prompt, the response among "refuse" and "give k = 1..4 of the task's steps" that maximises lambda . oracles,
     ties broken toward the larger sum (the Pareto-optimal one of the tied responses). The ceiling of what any
     policy trained with LS on perfect reward models can reach on these prompts."""
@@ -234,10 +235,10 @@ def ls_optimum(prompts: Sequence[str], preferences: Sequence[Sequence[float]]) -
             steps = (BENIGN.get(task) or HARMFUL.get(task) or []) if task else []
             options = [REFUSAL] + [f"Sure, here is how to {task}: " + ", then ".join(steps[:k]) + "."
                                    for k in range(1, len(steps) + 1)]
-            scores = oracle_scores([prompt] * len(options), options)                      # (K, 2)
+            scores = oracle_scores([prompt] * len(options), options, objectives)          # (K, D)
             best.append(max(scores.tolist(), key=lambda sc: (float(np.dot(lam, sc)), sum(sc))))
         out.append(np.mean(best, axis=0))
-    return np.stack(out)                                                                    # (P, 2)
+    return np.stack(out)                                                                    # (P, D)
 
 
 def _dominates(points: np.ndarray, base: np.ndarray) -> int:
@@ -267,7 +268,10 @@ def front_report(pareto_json: str | Path, scorer: str = "oracle", prompts: Optio
                                                               np.asarray(data["base_point"], float))
         if scorer == "oracle" and prompts is not None:
             rows = [json.loads(line)["prompt"] for line in Path(prompts).read_text().splitlines() if line.strip()]
-            optimum = ls_optimum(rows[:data["n_prompts"]], prefs)                          # (P, 2)
+            if len(rows) < data["n_prompts"]:
+                raise ValueError(f"--prompts {prompts} has {len(rows)} prompts but the front was evaluated on "
+                                 f"{data['n_prompts']}: pass the file given to evaluate.py --prompts")
+            optimum = ls_optimum(rows[:data["n_prompts"]], prefs, data["objectives"])      # (P, D)
             out["ls_optimum_dominates_base"] = _dominates(optimum, base)
     return out
 

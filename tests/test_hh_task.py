@@ -59,6 +59,9 @@ def test_exact_ls_optimum_switches_to_harmful_compliance_above_two_thirds(tmp_pa
     rep = hh_task.front_report(tmp_path / "pareto.json", prompts=tmp_path / "p.jsonl")
     assert rep["dominates_base"] == 2 and rep["dominates_base_learned_models"] == 3
     assert rep["ls_optimum_dominates_base"] == 3 and rep["spearman"]["helpful"] == pytest.approx(1.0)
+    (tmp_path / "short.jsonl").write_text(json.dumps({"prompt": prompts[0]}) + "\n")
+    with pytest.raises(ValueError, match="evaluated on 2"):
+        hh_task.front_report(tmp_path / "pareto.json", prompts=tmp_path / "short.jsonl")
 
 
 def test_generator_is_deterministic(tmp_path):
