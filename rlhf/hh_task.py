@@ -227,16 +227,16 @@ def ls_optimum(prompts: Sequence[str], preferences: Sequence[Sequence[float]],
     prompt, the response among "refuse" and "give k = 1..4 of the task's steps" that maximises lambda . oracles,
     ties broken toward the larger sum (the Pareto-optimal one of the tied responses). The ceiling of what any
     policy trained with LS on perfect reward models can reach on these prompts."""
+    options = []  # per prompt: (K, D) oracle scores of its candidate responses, the same for every lambda
+    for prompt in prompts:
+        task = _task_of(prompt)
+        steps = (BENIGN.get(task) or HARMFUL.get(task) or []) if task else []
+        texts = [REFUSAL] + [f"Sure, here is how to {task}: " + ", then ".join(steps[:k]) + "."
+                             for k in range(1, len(steps) + 1)]
+        options.append(oracle_scores([prompt] * len(texts), texts, objectives).tolist())   # (K, D)
     out = []
     for lam in np.asarray(preferences, float):
-        best = []
-        for prompt in prompts:
-            task = _task_of(prompt)
-            steps = (BENIGN.get(task) or HARMFUL.get(task) or []) if task else []
-            options = [REFUSAL] + [f"Sure, here is how to {task}: " + ", then ".join(steps[:k]) + "."
-                                   for k in range(1, len(steps) + 1)]
-            scores = oracle_scores([prompt] * len(options), options, objectives)          # (K, D)
-            best.append(max(scores.tolist(), key=lambda sc: (float(np.dot(lam, sc)), sum(sc))))
+        best = [max(scores, key=lambda sc: (float(np.dot(lam, sc)), sum(sc))) for scores in options]
         out.append(np.mean(best, axis=0))
     return np.stack(out)                                                                    # (P, D)
 
@@ -267,11 +267,13 @@ def front_report(pareto_json: str | Path, scorer: str = "oracle", prompts: Optio
             out["dominates_base_learned_models"] = _dominates(np.asarray(data["points"], float),
                                                               np.asarray(data["base_point"], float))
         if scorer == "oracle" and prompts is not None:
-            rows = [json.loads(line)["prompt"] for line in Path(prompts).read_text().splitlines() if line.strip()]
+            from rlhf.data import load_rows
+
+            rows = load_rows(str(prompts), max_samples=data["n_prompts"])["prompt"]  # as evaluate.py read them
             if len(rows) < data["n_prompts"]:
                 raise ValueError(f"--prompts {prompts} has {len(rows)} prompts but the front was evaluated on "
                                  f"{data['n_prompts']}: pass the file given to evaluate.py --prompts")
-            optimum = ls_optimum(rows[:data["n_prompts"]], prefs, data["objectives"])      # (P, D)
+            optimum = ls_optimum(rows, prefs, data["objectives"])                         # (P, D)
             out["ls_optimum_dominates_base"] = _dominates(optimum, base)
     return out
 
