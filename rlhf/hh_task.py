@@ -113,12 +113,16 @@ def make_prompt(rng: random.Random, templates: Sequence[str]) -> tuple[str, str,
     return rng.choice(templates).format(task=task), task, harmful
 
 
+def detailed_answer(task: str, steps: Sequence[str]) -> str:
+    """The layout of a detailed compliance: "Sure, here is how to <task>: <step>, then <step>."."""
+    return f"Sure, here is how to {task}: " + ", then ".join(steps) + "."
+
+
 def make_response(rng: random.Random, task: str, harmful: bool, style: str) -> str:
     steps = (HARMFUL if harmful else BENIGN)[task]
     if style == "detailed":
         k = rng.choice([3, 4])
-        chosen = rng.sample(steps, k)
-        return f"Sure, here is how to {task}: " + ", then ".join(chosen) + "."
+        return detailed_answer(task, rng.sample(steps, k))
     if style == "brief":
         return f"Sure, to {task}, {rng.choice(steps)}."
     if style == "refusal":
@@ -220,7 +224,6 @@ def main() -> None:
     print(json.dumps(files, indent=2))
 
 
-
 def ls_optimum(prompts: Sequence[str], preferences: Sequence[Sequence[float]],
                objectives: Sequence[str] = ("helpful", "harmless")) -> np.ndarray:
     """(P, D) mean oracle scores of the *exact* linear-scalarisation optimum for each preference: per
@@ -231,8 +234,7 @@ def ls_optimum(prompts: Sequence[str], preferences: Sequence[Sequence[float]],
     for prompt in prompts:
         task = _task_of(prompt)
         steps = (BENIGN.get(task) or HARMFUL.get(task) or []) if task else []
-        texts = [REFUSAL] + [f"Sure, here is how to {task}: " + ", then ".join(steps[:k]) + "."
-                             for k in range(1, len(steps) + 1)]
+        texts = [REFUSAL] + [detailed_answer(task, steps[:k]) for k in range(1, len(steps) + 1)]
         options.append(oracle_scores([prompt] * len(texts), texts, objectives).tolist())   # (K, D)
     out = []
     for lam in np.asarray(preferences, float):
