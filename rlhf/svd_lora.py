@@ -18,7 +18,7 @@ import contextlib
 import copy
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
@@ -117,6 +117,17 @@ def is_adaptable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or _is_conv1d(module)
 
 
+@dataclass(frozen=True)
+class AdapterState:
+    """What a forward of an adapted layer runs under. Frozen: a context replaces it and puts the old one back, so a
+    forward never sees a value some earlier caller left behind (DESIGN.md §2)."""
+
+    preference: Optional[torch.Tensor] = None   # (D,) or (B, D) lambda, on the layer's device and dtype
+    disabled: bool = False                      # True: the frozen base weights alone (reference log-probs)
+    merged: Optional[torch.Tensor] = None       # what W0 currently holds a delta of (a (D,) lambda or soup weights)
+    row_gate: Optional[torch.Tensor] = None     # (N,) per row of the batch: 1 adapter on, 0 base weights alone
+
+
 class SVDLoRALayer(nn.Module):
     """Wraps one frozen linear map with the preference-conditioned SVD delta."""
 
@@ -137,18 +148,19 @@ class SVDLoRALayer(nn.Module):
         # Shape (1,), not (): DeepSpeed broadcasts parameters through a byte view, impossible for 0-dim tensors.
         self.lora_s = nn.Parameter(torch.full((1,), cfg.init_s, **factory))                   # (1,)
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
-        # Runtime state, not a parameter: (D,) or (B, D). Non-persistent so it never enters a checkpoint.
-        self.register_buffer("preference", None, persistent=False)
-        self.disabled = False
-        self.merged_preference: Optional[torch.Tensor] = None
-        # (N,) 1 = adapter on, 0 = base weights alone, per row of the batch (``adapter_rows``); None = all on.
-        self.row_gate: Optional[torch.Tensor] = None
+        # Runtime state, never a parameter nor in a state dict; written only by the contexts below.
+        self.state = AdapterState()
+
+    @property
+    def preference(self) -> Optional[torch.Tensor]:
+        return self.state.preference
 
     def singular_values(self, pref: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``(sigma_1..sigma_k, s*lambda_1..s*lambda_D)``: shape (k+D,) or (B, k+D) for per-sample lambda."""
-        pref = self.preference if pref is None else pref
+        pref = self.state.preference if pref is None else pref
         if pref is None:
-            raise PreferenceError("no preference set: call set_preference(model, lambda) before the forward pass")
+            raise PreferenceError("no preference set: run the forward inside scoped_preference(model, lambda) "
+                                  "(or call set_preference(model, lambda) for interactive use)")
         pref = pref.to(self.lora_s.dtype)
         sigma = self.lora_sigma.expand(*pref.shape[:-1], self.rank)                 # (k,) or (B, k)
         return torch.cat([sigma, self.lora_s * pref], dim=-1)                          # (k+D,) or (B, k+D)
@@ -163,17 +175,18 @@ class SVDLoRALayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)                                                             # (..., out)
-        if self.disabled or self.merged_preference is not None:
+        state = self.state
+        if state.disabled or state.merged is not None:
             return out
         sv = self.singular_values()                                                    # (k+D,) or (B, k+D)
         if sv.dim() == 2:
             if sv.shape[0] != x.shape[0]:
                 raise PreferenceError(
                     f"per-sample preference has batch {sv.shape[0]} but the input has batch {x.shape[0]}")
-        if self.row_gate is not None:
-            if self.row_gate.shape[0] != x.shape[0]:
-                raise ValueError(f"adapter row gate has {self.row_gate.shape[0]} rows but the input has {x.shape[0]}")
-            sv = sv * self.row_gate.unsqueeze(-1)                                      # (B, k+D): 0 rows = W0 alone
+        if state.row_gate is not None:
+            if state.row_gate.shape[0] != x.shape[0]:
+                raise ValueError(f"adapter row gate has {state.row_gate.shape[0]} rows but the input has {x.shape[0]}")
+            sv = sv * state.row_gate.unsqueeze(-1)                                     # (B, k+D): 0 rows = W0 alone
         if sv.dim() == 2:
             sv = sv.view(sv.shape[0], *([1] * (x.dim() - 2)), sv.shape[1])             # (B, 1.., k+D)
         h = self.dropout(x).to(self.lora_V.dtype) @ self.lora_V                        # (..., k+D)
@@ -268,33 +281,69 @@ def _per_layer(layers: list[SVDLoRALayer], t: torch.Tensor) -> Iterator[tuple[SV
         yield layer, cache[key]
 
 
+def _write_state(layers: list[SVDLoRALayer], **changes: Any) -> None:
+    """Replace one field of every layer's state; tensors go to each layer's device and dtype."""
+    for name, value in changes.items():
+        if torch.is_tensor(value):
+            for layer, copy_ in _per_layer(layers, value):
+                layer.state = replace(layer.state, **{name: copy_})
+        else:
+            for layer in layers:
+                layer.state = replace(layer.state, **{name: value})
+
+
+@contextlib.contextmanager
+def _scoped_state(model: nn.Module, **changes: Any) -> Iterator[list[SVDLoRALayer]]:
+    """Inside the block every layer's state carries ``changes``; on exit (normal or not) the previous states return."""
+    layers = _layers_or_raise(model)
+    saved = [layer.state for layer in layers]
+    _write_state(layers, **changes)
+    try:
+        yield layers
+    finally:
+        for layer, state in zip(layers, saved):
+            layer.state = state
+
+
+def _refuse_merged(layers: list[SVDLoRALayer], what: str) -> None:
+    if any(layer.state.merged is not None for layer in layers):
+        raise RuntimeError(f"adapter is merged into the base weights; unmerge_preference(model) before {what}")
+
+
+@contextlib.contextmanager
+def scoped_preference(model: nn.Module, pref: Any) -> Iterator[nn.Module]:
+    """Every forward inside the block runs under ``lambda``: (D,) for the batch or (B, D) one per sample. On exit the
+    preference that was there before returns. Every internal caller sets lambda this way, from the batch object
+    that carries it, so no forward reads a preference left behind by an earlier caller."""
+    t = validate_preference(pref, adapter_config(model).pref_dim)
+    with _scoped_state(model, preference=t):
+        yield model
+
+
 def set_preference(model: nn.Module, pref: Any) -> torch.Tensor:
-    """Write ``lambda`` into every adapted layer: one vector ``(D,)`` or one per sample ``(B, D)``."""
-    cfg = adapter_config(model)
-    t = validate_preference(pref, cfg.pref_dim)
-    for layer, copy_ in _per_layer(_layers_or_raise(model), t):
-        layer.preference = copy_
+    """Interactive use: write ``lambda`` into every adapted layer until the next call (``(D,)`` or ``(B, D)``).
+    Library code uses ``scoped_preference`` instead."""
+    t = validate_preference(pref, adapter_config(model).pref_dim)
+    _write_state(_layers_or_raise(model), preference=t)
     return t
 
 
 def get_preference(model: nn.Module) -> Optional[torch.Tensor]:
-    return _layers_or_raise(model)[0].preference
+    """The preference the next forward runs under (None: none set)."""
+    return _layers_or_raise(model)[0].state.preference
+
+
+def adapter_state(model: nn.Module) -> AdapterState:
+    """The first adapted layer's runtime state (every layer carries the same, each on its own device)."""
+    return _layers_or_raise(model)[0].state
 
 
 @contextlib.contextmanager
 def adapter_disabled(model: nn.Module) -> Iterator[nn.Module]:
     """Run the frozen base weights alone: reference log-probs with no second copy of the model (§1)."""
-    layers = _layers_or_raise(model)
-    if any(layer.merged_preference is not None for layer in layers):
-        raise RuntimeError("adapter is merged into the base weights; unmerge_preference(model) before disabling it")
-    previous = [layer.disabled for layer in layers]
-    for layer in layers:
-        layer.disabled = True
-    try:
+    _refuse_merged(_layers_or_raise(model), "disabling it")
+    with _scoped_state(model, disabled=True):
         yield model
-    finally:
-        for layer, prev in zip(layers, previous):
-            layer.disabled = prev
 
 
 @contextlib.contextmanager
@@ -305,61 +354,73 @@ def adapter_rows(model: nn.Module, enabled: torch.Tensor) -> Iterator[nn.Module]
     outputs together: the reference rows' delta is exactly zero, so they equal an ``adapter_disabled`` pass, and the
     two passes become one batched call (fewer kernel launches; DESIGN.md §4).
     """
-    layers = _layers_or_raise(model)
-    if any(layer.merged_preference is not None for layer in layers):
-        raise RuntimeError("adapter is merged into the base weights; unmerge_preference(model) first")
+    _refuse_merged(_layers_or_raise(model), "gating rows")
     if enabled.dim() != 1:
         raise ValueError(f"enabled must be one flag per row, shape (N,); got {tuple(enabled.shape)}")
-    for layer, gate in _per_layer(layers, enabled):
-        layer.row_gate = gate                                                          # (N,)
-    try:
+    with _scoped_state(model, row_gate=enabled):
         yield model
-    finally:
-        for layer in layers:
-            layer.row_gate = None
 
 
 @torch.no_grad()
 def merge_preference(model: nn.Module, pref: Any) -> None:
-    """Add ``dW(lambda)`` into every base weight in place (fast rollouts for one lambda; undo with unmerge)."""
+    """Interactive use: add ``dW(lambda)`` into every base weight in place (undo with ``unmerge_preference``).
+    Library code uses the ``merged`` context, which restores W0 bit-exactly."""
     cfg = adapter_config(model)
     t = validate_preference(pref, cfg.pref_dim)
     if t.dim() != 1:
         raise PreferenceError("merging needs one preference vector (D,), not a per-sample batch")
-    for layer in _layers_or_raise(model):
-        if layer.merged_preference is not None:
-            raise RuntimeError("adapter is already merged; call unmerge_preference(model) first")
-        p = t.to(layer.lora_s.device)
-        layer.base.weight.add_(layer.delta_weight(p).to(layer.base.weight.dtype))
-        layer.merged_preference = p
+    layers = _layers_or_raise(model)
+    _refuse_merged(layers, "merging again")
+    for layer in layers:
+        layer.base.weight.add_(layer.delta_weight(t.to(layer.lora_s.device)).to(layer.base.weight.dtype))
+    _write_state(layers, merged=t)
 
 
 @torch.no_grad()
 def unmerge_preference(model: nn.Module) -> None:
     """Subtract the merged delta again (exact in fp32; within rounding in bf16/fp16)."""
-    for layer in _layers_or_raise(model):
-        if layer.merged_preference is None:
-            continue
-        layer.base.weight.sub_(layer.delta_weight(layer.merged_preference).to(layer.base.weight.dtype))
-        layer.merged_preference = None
+    layers = _layers_or_raise(model)
+    for layer in layers:
+        if layer.state.merged is not None:
+            layer.base.weight.sub_(layer.delta_weight(layer.state.merged).to(layer.base.weight.dtype))
+    _write_state(layers, merged=None)
 
 
 @contextlib.contextmanager
-def merged(model: nn.Module, pref: Any) -> Iterator[nn.Module]:
-    """Inside the block the base weights hold ``W0 + dW(lambda)`` (no adapter overhead: ~2x faster HF generate on
-    an H200, benchmarks/RESULTS.md); on exit W0 is restored bit-exactly from a copy, because subtracting the delta
-    again is not exact in bf16 and the error would accumulate over thousands of PPO steps. Costs one copy of the
-    adapted weights while inside."""
+def weights_added(model: nn.Module, deltas: Sequence[torch.Tensor], label: torch.Tensor) -> Iterator[nn.Module]:
+    """Inside the block each adapted layer's base weight holds ``W0 + deltas[i]`` (laid out like the weight) and the
+    adapter's own path is off; on exit W0 is restored bit-exactly from a copy (subtracting again is not exact in
+    bf16, and the error would accumulate over thousands of PPO steps). ``label`` records what was merged (a lambda,
+    or Rewarded Soups' interpolation weights). The one mechanism behind ``merged`` and Rewarded Soups."""
     layers = _layers_or_raise(model)
+    _refuse_merged(layers, "merging again")
+    if len(deltas) != len(layers):
+        raise ValueError(f"{len(deltas)} weight deltas for {len(layers)} adapted layers")
     saved = [layer.base.weight.detach().clone() for layer in layers]
-    merge_preference(model, pref)
     try:
-        yield model
+        with torch.no_grad():
+            for layer, delta in zip(layers, deltas):
+                layer.base.weight.add_(delta.to(device=layer.base.weight.device, dtype=layer.base.weight.dtype))
+        with _scoped_state(model, merged=label):
+            yield model
     finally:
         with torch.no_grad():
             for layer, weight in zip(layers, saved):
                 layer.base.weight.copy_(weight)
-                layer.merged_preference = None
+
+
+@contextlib.contextmanager
+def merged(model: nn.Module, pref: Any) -> Iterator[nn.Module]:
+    """Inside the block the base weights hold ``W0 + dW(lambda)``: a plain HF model to the decoder (no adapter
+    overhead: ~2x faster HF generate on an H200, benchmarks/RESULTS.md). Costs one copy of the adapted weights."""
+    t = validate_preference(pref, adapter_config(model).pref_dim)
+    if t.dim() != 1:
+        raise PreferenceError("merging needs one preference vector (D,), not a per-sample batch")
+    layers = _layers_or_raise(model)
+    with torch.no_grad():
+        deltas = [layer.delta_weight(t.to(layer.lora_s.device)) for layer in layers]
+    with weights_added(model, deltas, t):
+        yield model
 
 
 @torch.no_grad()

@@ -4,11 +4,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rlhf.svd_lora import (AdapterMismatchError, PreferenceError, SVDLoRAConfig, SVDLoRALayer, adapter_disabled,
+from rlhf.svd_lora import (AdapterMismatchError, AdapterState, PreferenceError, SVDLoRAConfig, SVDLoRALayer, adapter_disabled,
                            adapter_rows, apply_svd_lora, count_parameters, find_target_modules, get_preference,
                            load_adapter, merge_and_unload, merge_preference, save_adapter, set_preference,
                            svd_lora_layers, unmerge_preference)
-from rlhf.tiny import tiny_causal_lm
+from hhbench.tiny import tiny_causal_lm
 
 
 def _randomise(model, seed=1):
@@ -68,7 +68,7 @@ def test_forward_matches_naive_formula():
         layer.lora_sigma.copy_(torch.tensor([0.5, -1.0, 2.0]))
         layer.lora_s.fill_(1.5)
     lam = torch.tensor([0.25, 0.75])
-    layer.preference = lam
+    layer.state = AdapterState(preference=lam)
     x = torch.randn(4, 6)
     diag = torch.diag(torch.tensor([0.5, -1.0, 2.0, 1.5 * 0.25, 1.5 * 0.75]))
     expected = base(x) + 2.0 * x @ (layer.lora_U @ diag @ layer.lora_V.T).T
@@ -161,7 +161,7 @@ def test_one_pass_old_and_reference_logprobs_equal_two_passes(tiny_lm, input_ids
     assert not torch.allclose(old, ref, atol=1e-3)  # the adapter matters, so the rows really differ
     torch.testing.assert_close(one_old, old, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(one_ref, ref, atol=1e-5, rtol=1e-5)
-    assert torch.equal(get_preference(tiny_lm), lam) and all(l.row_gate is None for _, l in svd_lora_layers(tiny_lm))
+    assert torch.equal(get_preference(tiny_lm), lam) and all(l.state.row_gate is None for _, l in svd_lora_layers(tiny_lm))
     with pytest.raises(ValueError, match="row gate has 3 rows"), adapter_rows(tiny_lm, torch.ones(3)):
         _logits(tiny_lm, ids, mask)
 
