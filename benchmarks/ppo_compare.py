@@ -51,7 +51,7 @@ def prepare(args: argparse.Namespace) -> None:
     from transformers import AutoModelForSequenceClassification
 
     from reward_models.score_model import write_dimension
-    from rlhf.tiny import build_tokenizer, tiny_causal_lm
+    from hhbench.tiny import build_tokenizer, tiny_causal_lm
 
     hidden, layers, heads, vocab = SIZES[args.size]
     d = Path(args.dir)

@@ -17,19 +17,18 @@ from typing import Any, Literal, Optional
 import torch
 
 from rlhf import engine
+from rlhf.batch import TrainBatch
 from rlhf.config import check, doc_field
-from rlhf.loop import (SupervisedConfig, build_engine, cli, resume_point, save_atomically, start,
-                       total_optimizer_steps, tracker_for, train_loop)
+from rlhf.loop import SupervisedConfig, build_engine, cli, fit, start, total_optimizer_steps
 from reward_models.data import PairTensors, PreferenceDataConfig, load_pairs
 from reward_models.losses import score_model_loss
-from reward_models.score_model import end_scores, write_dimension
+from reward_models.score_model import DIMENSION_FILE, end_scores, write_dimension
 
 
 @dataclass(frozen=True)
 class ScoreTrainConfig(SupervisedConfig):
     """One score model: the shared training fields (rlhf/loop.py) plus what to score and how."""
 
-    output_dir: str = doc_field("runs/score_model", "where the trained model, tokenizer and dimension.json go")
     name: str = doc_field("helpful", "objective name recorded in dimension.json (e.g. helpful, harmless)")
     kind: Literal["reward", "cost"] = doc_field("reward", "reward: higher = better; cost: higher = worse")
     data: PreferenceDataConfig = doc_field(factory=PreferenceDataConfig, doc="preference data")
@@ -74,7 +73,7 @@ def evaluate(model: torch.nn.Module, data: PairTensors, kind: str, batch_size: i
 def train(cfg: ScoreTrainConfig) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification
 
-    tokenizer = start(cfg)
+    run, tokenizer = start(cfg, "reward_models")
     # Data first: every data error surfaces before a model is loaded or a step is spent.
     train_pairs, eval_pairs = load_pairs(cfg.data, cfg.kind, cfg.seed)
     train_data = PairTensors(train_pairs, tokenizer, cfg.data.max_length, cfg.data.prompt_template, "training")
@@ -87,45 +86,47 @@ def train(cfg: ScoreTrainConfig) -> dict[str, Any]:
         model.config.pad_token_id = tokenizer.pad_token_id
         return model
 
-    resume = resume_point(cfg)  # a bad --resume_from fails here, before the model loads
     model_engine = build_engine(cfg, load, total_steps)
-    tracker, world, dev = tracker_for(cfg), engine.world_size(), engine.device()
-    if engine.is_main():
-        print(f"[reward_models] {cfg.kind} model '{cfg.name}': {len(train_data)} train / {len(eval_data)} eval pairs, "
-              f"world size {world}, {total_steps} optimiser steps of {cfg.micro_batch_size * cfg.grad_accum * world} "
-              f"pairs", flush=True)
+    run.start_tracking()
+    world, dev = engine.world_size(), engine.device()
 
-    def step_fn(indices: list[int], micro: int) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = train_data.batch(indices)
-        scores = end_scores(model_engine, batch["input_ids"].to(dev), batch["attention_mask"].to(dev))   # (2B,)
+    def make_batch(indices: list[int], micro: int) -> TrainBatch:
+        return TrainBatch(indices=tuple(indices), tensors={k: v.to(dev) for k, v in train_data.batch(indices).items()})
+
+    def step_fn(batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        b = batch.tensors
+        scores = end_scores(model_engine, b["input_ids"], b["attention_mask"])                          # (2B,)
         better, worse = scores.chunk(2)                                                                 # (B,)
-        loss, m = score_model_loss(better, worse, cfg.kind, cfg.score_reg_coef,
-                                   batch["better_sign"].to(dev), batch["worse_sign"].to(dev))
+        loss, m = score_model_loss(better, worse, cfg.kind, cfg.score_reg_coef, b["better_sign"], b["worse_sign"])
         return loss, {"accuracy": m["accuracy"].item()}
 
+    def save(res: Any) -> dict[str, Any]:
+        m = res.final_eval
+        result = {"accuracy": m.get("eval/accuracy"), "sign_accuracy": m.get("eval/sign_accuracy"),
+                  "score_mean": m.get("eval/score_mean"), "score_std": m.get("eval/score_std"),
+                  "initial_accuracy": res.initial_eval["eval/accuracy"], "first_loss": res.losses[0],
+                  "final_loss": res.losses[-1], "train_steps": res.steps, "world_size": world,
+                  "train_pairs": len(train_data), "eval_pairs": len(eval_data), "seconds": res.seconds,
+                  "base_model": cfg.model_name_or_path}
+        state = engine.full_state_dict(model_engine)  # collective under ZeRO-3: every rank takes part
+
+        def write(tmp: Path) -> None:
+            model_engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            write_dimension(tmp, name=cfg.name, kind=cfg.kind, **result)
+
+        out = run.save_result(write, marker=DIMENSION_FILE)
+        if engine.is_main():
+            print(f"[reward_models] saved {out} ({result})", flush=True)
+        return result
+
     model_engine.train()
-    res = train_loop(model_engine, cfg, len(train_data), total_steps=total_steps, step_fn=step_fn,
-                     eval_fn=lambda: evaluate(model_engine, eval_data, cfg.kind, cfg.eval_batch_size),
-                     tracker=tracker, desc=f"train {cfg.name}", resume=resume)
-    m = res.final_eval
-    result = {"accuracy": m.get("eval/accuracy"), "sign_accuracy": m.get("eval/sign_accuracy"),
-              "score_mean": m.get("eval/score_mean"), "score_std": m.get("eval/score_std"),
-              "initial_accuracy": res.initial_eval["eval/accuracy"], "first_loss": res.losses[0],
-              "final_loss": res.losses[-1], "train_steps": res.steps, "world_size": world,
-              "train_pairs": len(train_data), "eval_pairs": len(eval_data), "seconds": res.seconds,
-              "base_model": cfg.model_name_or_path}
-    state = engine.full_state_dict(model_engine)  # collective under ZeRO-3: every rank takes part
-
-    def write(tmp: Path) -> None:
-        model_engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        write_dimension(tmp, name=cfg.name, kind=cfg.kind, **result)
-
-    out = save_atomically(Path(cfg.output_dir), write)
-    tracker.finish()
-    if engine.is_main():
-        print(f"[reward_models] saved {out} ({result})", flush=True)
-    return result
+    return fit(model_engine, run, cfg, len(train_data), total_steps=total_steps, make_batch=make_batch,
+               step_fn=step_fn, eval_fn=lambda: evaluate(model_engine, eval_data, cfg.kind, cfg.eval_batch_size),
+               desc=f"train {cfg.name}", save=save,
+               banner=f"[reward_models] {cfg.kind} model '{cfg.name}': {len(train_data)} train / {len(eval_data)} "
+                      f"eval pairs, {total_steps} optimiser steps of {cfg.micro_batch_size * cfg.grad_accum * world} "
+                      f"pairs")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

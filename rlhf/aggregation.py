@@ -11,9 +11,11 @@ before the clipped surrogate (``advantage_level``), exactly ``sum_i lambda_i A_i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, ClassVar, Optional
 
 import torch
+
+from rlhf.config import check, doc_field
 
 
 @dataclass(frozen=True)
@@ -55,3 +57,45 @@ def get_aggregator(name: str) -> Aggregator:
     if name not in AGGREGATORS:
         raise ValueError(f"unknown aggregation {name!r}; choose one of {sorted(AGGREGATORS)}")
     return AGGREGATORS[name]
+
+
+@dataclass(frozen=True)
+class AggregationConfig:
+    """How the D objectives combine into one training signal. ``aggregation: tche`` is short for ``{name: tche}``."""
+
+    SCALAR_FIELD: ClassVar[str] = "name"
+
+    name: str = doc_field("ls", f"one of {sorted(AGGREGATORS)}: ls = sum_i lambda_i A_i; tche = Tchebycheff; "
+                                f"stche = smooth Tchebycheff")
+    mu: float = doc_field(0.1, "temperature of smooth Tchebycheff (stche)")
+    ideal: Optional[tuple[float, ...]] = doc_field(None, "Tchebycheff ideal point z, one entry per objective (null: "
+                                                         "running max of J_i)")
+
+    def __post_init__(self) -> None:
+        check(self.name in AGGREGATORS, "aggregation.name", f"must be one of {sorted(AGGREGATORS)}, got {self.name!r}")
+        check(self.mu > 0, "aggregation.mu", f"must be > 0, got {self.mu}")
+
+    def build(self) -> Aggregator:
+        return get_aggregator(self.name)
+
+
+class IdealPoint:
+    """The Tchebycheff ideal point z: the user's (``aggregation.ideal``) or a running max of the batch-mean per-dim
+    surrogates J_i, kept identical on every rank (updated from rank-averaged values). Part of the trainer state."""
+
+    def __init__(self, cfg: AggregationConfig) -> None:
+        self.fixed = cfg.ideal is not None
+        self.tracks = cfg.name != "ls" and not self.fixed
+        self.value: Optional[torch.Tensor] = torch.tensor(cfg.ideal) if self.fixed else None          # (D,)
+
+    def update(self, surrogate: torch.Tensor) -> None:
+        """surrogate: (D,) this step's rank-averaged per-dimension surrogate."""
+        if self.tracks:
+            s = surrogate.float()
+            self.value = s if self.value is None else torch.maximum(self.value, s)
+
+    def state_dict(self) -> Optional[list[float]]:
+        return None if self.value is None else self.value.tolist()
+
+    def load_state_dict(self, state: Optional[list[float]]) -> None:
+        self.value = None if state is None else torch.tensor(state)

@@ -68,3 +68,23 @@ class Experience:
         tensors = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rollout"}
         tensors.update({k: v[:, :T] for k, v in tensors.items() if k != "scores"})  # (b, T[, D])
         return Experience(rollout=sub_rollout, **tensors)
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """One micro-batch of a supervised trainer (score models, SFT, DPO) and the lambda its forwards run under.
+
+    The batch is the single source of that lambda: the loop scopes every forward and backward on it to
+    ``adapter_preference()`` (``rlhf/loop.py``), and the trainer weights the step's loss with ``preference``.
+    """
+
+    indices: tuple[int, ...]                  # B dataset rows of this rank
+    tensors: dict                             # the trainer's tensors for these rows (on the device)
+    preference: torch.Tensor | None = None    # (D,) for the batch or (B, D) one per row; None: no adapter
+    row_of: torch.Tensor | None = None        # (S,) batch row of each forward row, when a row has several sequences
+
+    def adapter_preference(self) -> torch.Tensor | None:
+        """What the adapter sees: (D,), or one lambda per forward row (S, D)."""
+        if self.preference is None or self.preference.dim() == 1 or self.row_of is None:
+            return self.preference
+        return self.preference[self.row_of.to(self.preference.device)]                 # (S, D)

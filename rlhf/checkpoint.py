@@ -12,7 +12,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from rlhf import engine
 STATE_FILE = "trainer_state.json"
 # Fields that may change between a run and its resumption without changing what is being trained.
 RESUMABLE_FIELDS = {"resume_from", "total_steps", "dry_run", "wandb", "save_every", "keep_last", "log_every",
-                    "sample_every", "max_bad_batches", "output_dir", "eval_every"}
+                    "sample_every", "max_bad_batches", "output_dir", "eval_every", "overwrite"}
 
 
 class ResumeError(ValueError):
@@ -44,20 +44,30 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save(root: Path, step: int, engines: dict[str, Any], trainer_state: dict[str, Any], keep_last: int) -> Path:
-    """Collective: every rank calls it. Returns the final checkpoint directory."""
+def save(root: Path, step: int, engines: dict[str, Any], trainer_state: dict[str, Any], keep_last: int,
+         extra: Optional[Callable[[Path], None]] = None) -> Path:
+    """Collective: every rank calls it. ``extra(tmp)`` (rank 0) adds files before the checkpoint is made complete.
+    Returns the final checkpoint directory; a failed write removes its partial directory and prunes nothing."""
     root = Path(root)
     tmp, final = root / f".tmp-step_{step:08d}", root / f"step_{step:08d}"
     if engine.is_main():
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     engine.barrier()
-    for tag, eng in engines.items():
-        eng.save_checkpoint(str(tmp), tag=tag, save_latest=False, exclude_frozen_parameters=True)
-    torch.save(rng_state(), tmp / f"rng_rank{engine.rank()}.pt")
-    engine.barrier()
+    try:
+        for tag, eng in engines.items():
+            eng.save_checkpoint(str(tmp), tag=tag, save_latest=False, exclude_frozen_parameters=True)
+        torch.save(rng_state(), tmp / f"rng_rank{engine.rank()}.pt")
+        engine.barrier()
+        if engine.is_main():
+            if extra is not None:
+                extra(tmp)
+            (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
+    except OSError:
+        if engine.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if engine.is_main():
-        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -86,14 +96,30 @@ def resolve(resume_from: str, root: Path) -> Path:
     return path
 
 
+_MISSING = "<absent>"
+
+
+def config_diff(saved: Any, now: Any, prefix: str = "") -> list[str]:
+    """Every leaf that differs, by its dotted name: ``ppo.kl_coef: 0.05 -> 0.1``, ``objectives[1].model: a -> b``."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out = []
+        for k in sorted(set(saved) | set(now)):
+            if not prefix and k in RESUMABLE_FIELDS:
+                continue
+            out += config_diff(saved.get(k, _MISSING), now.get(k, _MISSING), f"{prefix}{k}.")
+        return out
+    if isinstance(saved, list) and isinstance(now, list) and len(saved) == len(now):
+        return [d for i, (a, b) in enumerate(zip(saved, now)) for d in config_diff(a, b, f"{prefix.rstrip('.')}[{i}].")]
+    return [] if saved == now else [f"{prefix.rstrip('.')}: {saved!r} -> {now!r}"]
+
+
 def check_compatible(saved_config: dict[str, Any], config: dict[str, Any], path: Path) -> None:
-    """Refuse to resume a different experiment; name every field that differs."""
-    diffs = [f"{k}: checkpoint {saved_config.get(k)!r} vs now {config.get(k)!r}"
-             for k in sorted(set(saved_config) | set(config))
-             if k not in RESUMABLE_FIELDS and saved_config.get(k) != config.get(k)]
+    """Refuse to resume a different experiment; name every field that differs (checkpoint -> now)."""
+    diffs = config_diff(saved_config, config)
     if diffs:
         raise ResumeError(f"checkpoint {path} was written by a different config; refusing to resume. "
-                          f"Differences: " + "; ".join(diffs))
+                          f"Fields that differ (checkpoint -> now): " + "; ".join(diffs) +
+                          ". Resume with the checkpoint's values, or start a new run in another output_dir")
 
 
 def resolve_compatible(resume_from: str, root: Path, config: dict[str, Any]) -> tuple[Path, dict[str, Any]]:

@@ -17,8 +17,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from rlhf.evaluate import parse_reference
-from rlhf.pareto import FrontError, all_metrics, default_reference, plot_fronts
+from rlhf.pareto import FrontError, all_metrics, default_reference, parse_reference, plot_fronts
 
 
 def compare(paths: list[str], out: str, reference: Optional[str] = None, scorer: Optional[str] = None

@@ -10,6 +10,7 @@ silently rewritten.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -45,8 +46,20 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+class Repeated(list):
+    """The values of a ``--key`` given several times: a list field takes them all, any other field the last."""
+
+
+def _is_sequence_type(tp: Any) -> bool:
+    arms = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) in (
+        typing.Union, types.UnionType) else [tp]
+    return any(typing.get_origin(a) in (tuple, list, Sequence, typing.Sequence) or a in (tuple, list) for a in arms)
+
+
 def _convert(value: Any, tp: Any, name: str) -> Any:
     """Check ``value`` against annotation ``tp`` and return it converted (lists -> tuples, dicts -> dataclasses)."""
+    if isinstance(value, Repeated):
+        value = list(value) if _is_sequence_type(tp) else value[-1]
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -70,15 +83,21 @@ def _convert(value: Any, tp: Any, name: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
+        scalar_field = getattr(tp, "SCALAR_FIELD", None)
+        if scalar_field is not None and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = {scalar_field: value}  # the documented short form, e.g. `aggregation: tche`
         if not isinstance(value, Mapping):
             raise ConfigError(f"config field '{name}': expected a mapping of {tp.__name__} fields, got {value!r}")
         return from_dict(tp, value, prefix=name + ".")
     if origin in (tuple, list, Sequence, typing.Sequence) or tp in (tuple, list):
         if isinstance(value, str) and "," in value:  # CLI convenience: --fixed 0.3,0.7
             value = [yaml.safe_load(v) for v in value.split(",")]
+        variadic = origin is tuple and len(args) == 2 and args[1] is Ellipsis
+        if variadic and args[0] is str and isinstance(value, str):  # --run A: a list of one
+            value = [value]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config field '{name}': expected a list, got {value!r}")
-        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if variadic:
             return tuple(_convert(v, args[0], f"{name}[{i}]") for i, v in enumerate(value))
         if origin is tuple and args:
             if len(args) != len(value):
@@ -129,7 +148,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     try:
         return cls(**kwargs)
     except ConfigError as err:
-        if prefix and "'" in str(err):  # qualify the field name with its parent path
+        named = re.match(r"config field '([^']*)'", str(err))
+        if prefix and named and not named.group(1).startswith(prefix):  # qualify with the parent path, once
             msg = str(err).replace("config field '", f"config field '{prefix}", 1)
             raise ConfigError(msg) from None
         raise
@@ -158,6 +178,7 @@ def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
     Values are parsed as YAML scalars/lists so that ``--fixed [0.3,0.7]`` and ``--lr 1e-4`` work.
     """
     out: dict[str, Any] = {}
+    seen: set[str] = set()
     i = 0
     while i < len(argv):
         tok = argv[i]
@@ -182,7 +203,12 @@ def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override --{key} conflicts with an earlier override of '{p}'")
-        node[parts[-1]] = value
+        if parts[-1] in node and key in seen:  # a repeated --key: --run A --run B (a scalar field takes the last)
+            prev = node[parts[-1]]
+            node[parts[-1]] = Repeated((prev if isinstance(prev, Repeated) else [prev]) + [value])
+        else:
+            node[parts[-1]] = value
+        seen.add(key)
     return out
 
 
@@ -244,6 +270,12 @@ def describe(cls: type, prefix: str = "") -> str:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
+        arms = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(arms) == 1 and dataclasses.is_dataclass(
+                arms[0]):
+            lines.append(f"{prefix}{f.name}:  (optional {arms[0].__name__}, null: none) {f.metadata.get('doc', '')}")
+            lines.append(describe(arms[0], prefix + f.name + "."))
+            continue
         if dataclasses.is_dataclass(tp):
             lines.append(f"{prefix}{f.name}:  ({tp.__name__}) {f.metadata.get('doc', '')}")
             lines.append(describe(tp, prefix + f.name + "."))

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -111,3 +112,30 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "righ
             ids[i, length - len(seq):] = torch.as_tensor(seq)
             mask[i, length - len(seq):] = 1
     return ids, mask
+
+
+class PromptStream:
+    """This rank's prompts, step by step: a seeded permutation per epoch, rank-strided, resumable."""
+
+    def __init__(self, texts: list[str], raw: list[Any], batch: int, seed: int, rank: int, world: int) -> None:
+        if len(texts) < batch * world:
+            raise DataError(f"{len(texts)} prompts are fewer than one step needs (rollout_batch_size {batch} x "
+                            f"{world} processes); add prompts or lower rollout_batch_size")
+        self.texts, self.raw, self.batch, self.seed, self.rank, self.world = texts, raw, batch, seed, rank, world
+        self.epoch, self.pos = 0, 0
+
+    def next(self) -> tuple[list[str], list[Any]]:
+        """(formatted prompt texts, raw prompts) of this rank's next batch."""
+        if self.pos + self.batch * self.world > len(self.texts):
+            self.epoch, self.pos = self.epoch + 1, 0
+        order = np.random.default_rng(self.seed + self.epoch).permutation(len(self.texts))
+        start = self.pos + self.rank * self.batch
+        idx = order[start:start + self.batch]
+        self.pos += self.batch * self.world
+        return [self.texts[i] for i in idx], [self.raw[i] for i in idx]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]

@@ -3,6 +3,7 @@
     python rlhf/evaluate.py --run RUN [--grid 0.1 | --preferences FILE] [--prompts DATA] [--out DIR]
     python rlhf/evaluate.py --method dps --run RUN_a --run RUN_b ...     # fixed-lambda PPO runs (one point each)
     python rlhf/evaluate.py --method rs  --run RUN_helpful --run RUN_harmless --grid 0.1   # Rewarded Soups
+    python rlhf/evaluate.py --help                                       # every option, documented
 
 For every preference: generate on the same held-out prompts with the same sampling seed, score every objective
 with the run's score models (costs negated: all objectives higher-is-better) and with any extra scorer (e.g. a
@@ -11,32 +12,82 @@ generate call (one lambda per row). Writes DIR/pareto.json and DIR/pareto.png an
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
+from rlhf.config import ConfigError, check, describe, doc_field, load_config, split_config_arg
 from rlhf.data import DataError, ensure_pad_token, format_prompt, load_rows, require_columns
-from rlhf.generation import BACKENDS, make_backend
-from rlhf.pareto import FrontError, all_metrics, default_reference, grid, plot_fronts
+from rlhf.generation import SamplingFields, make_backend
+from rlhf.pareto import FrontError, all_metrics, default_reference, grid, parse_reference, plot_fronts
 from rlhf.rollout import decode_responses, generate
 from rlhf.runs import RunInfo, load_callable, read_run
 from rlhf.scoring import ObjectiveConfig, Scorer
-from rlhf.svd_lora import PreferenceError, adapter_disabled, load_adapter, svd_lora_layers, validate_preference
+from rlhf.svd_lora import (PreferenceError, adapter_disabled, load_adapter, svd_lora_layers, validate_preference,
+                           weights_added)
 
 
-def load_preferences(args: argparse.Namespace, dim: int) -> list[list[float]]:
-    if args.preferences:
-        prefs = json.loads(Path(args.preferences).read_text())
+@dataclass(frozen=True)
+class EvalConfig(SamplingFields):
+    """A front evaluation: ``python rlhf/evaluate.py --run RUN [--key value ...]`` (or ``--config FILE``)."""
+
+    run: tuple[str, ...] = doc_field((), "run directory (RUN or RUN/policy); repeat --run for dps / rs")
+    method: Optional[str] = doc_field(None, "how the runs give a front: panacea (one run), dps or rs (null: panacea "
+                                            "for one run)")
+    name: Optional[str] = doc_field(None, "method name written to pareto.json (null: the method)")
+    grid: float = doc_field(0.1, "simplex grid step (D=2: 11 points, D=3: 66)")
+    preferences: Optional[str] = doc_field(None, "JSON list of preference vectors (overrides grid)")
+    prompts: Optional[str] = doc_field(None, "held-out prompts: hub name or local file (null: the run's prompts)")
+    split: str = doc_field("test", "split (hub datasets)")
+    prompt_column: str = doc_field("prompt", "prompt column")
+    n_prompts: int = doc_field(64, "prompts evaluated (the first N)")
+    out: Optional[str] = doc_field(None, "output directory (null: RUN/eval)")
+    seed: int = doc_field(0, "sampling seed (prompt batch k uses seed + k for every preference)")
+    batch_size: int = doc_field(16, "prompts per generate call")
+    max_prompt_length: int = doc_field(128, "prompt tokens kept")
+    greedy: bool = doc_field(False, "greedy decoding instead of seeded sampling")
+    one_at_a_time: bool = doc_field(False, "one generate call per preference (slower; for checking)")
+    with_base: bool = doc_field(False, "also score the base model (adapter off)")
+    scorer: tuple[str, ...] = doc_field((), "extra scorer NAME=module:function (repeat for several)")
+    reference_point: Optional[str] = doc_field(None, "comma-separated values, or a JSON file holding one (shared "
+                                                     "across methods)")
+    no_wandb: bool = doc_field(False, "do not log to W&B")
+    wandb_project: str = doc_field("panacea-rlhf", "W&B project")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(len(self.run) >= 1, "run", "is required: --run RUN (a finished training run)")
+        check(self.method is None or self.method in METHODS, "method",
+              f"must be one of {sorted(METHODS)}, got {self.method!r}")
+        check(self.method is not None or len(self.run) == 1, "method", "several --run given: say --method dps or rs")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(all("=" in s for s in self.scorer), "scorer", f"entries are NAME=module:function, got {list(self.scorer)}")
+
+    @property
+    def method_name(self) -> str:
+        return self.method or "panacea"
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path(self.run[0]) / "eval"
+
+
+def load_preferences(cfg: EvalConfig, dim: int) -> list[list[float]]:
+    if cfg.preferences:
+        try:
+            prefs = json.loads(Path(cfg.preferences).read_text())
+        except (OSError, ValueError) as err:
+            raise PreferenceError(f"cannot read preferences file {cfg.preferences}: {err}") from None
         if not isinstance(prefs, list) or not prefs:
-            raise PreferenceError(f"{args.preferences} must hold a non-empty JSON list of preference vectors")
+            raise PreferenceError(f"{cfg.preferences} must hold a non-empty JSON list of preference vectors")
     else:
-        prefs = grid(dim, args.grid)
+        prefs = grid(dim, cfg.grid)
     for i, p in enumerate(prefs):
         try:
             validate_preference(p, dim)
@@ -48,10 +99,10 @@ def load_preferences(args: argparse.Namespace, dim: int) -> list[list[float]]:
 class FrontGenerator:
     """Responses per (preference, prompt) for one base model carrying the run's adapter."""
 
-    def __init__(self, runs: Sequence[RunInfo], args: argparse.Namespace) -> None:
+    def __init__(self, runs: Sequence[RunInfo], cfg: EvalConfig) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.runs, self.args = list(runs), args
+        self.runs, self.cfg = list(runs), cfg
         base = runs[0].base_model
         if any(r.base_model != base for r in runs):
             raise ValueError(f"runs were trained from different base models: {[r.base_model for r in runs]}")
@@ -59,9 +110,9 @@ class FrontGenerator:
         ensure_pad_token(self.tokenizer)
         self.model = AutoModelForCausalLM.from_pretrained(base).eval()
         load_adapter(self.model, runs[0].path, expected_pref_dim=len(runs[0].objectives))
-        self.gen_kwargs = dict(max_prompt_length=args.max_prompt_length, max_new_tokens=args.max_new_tokens,
-                               temperature=args.temperature, top_p=args.top_p, do_sample=not args.greedy,
-                               backend=make_backend(args.backend, args.compile_backend))
+        self.gen_kwargs = dict(max_prompt_length=cfg.max_prompt_length, max_new_tokens=cfg.max_new_tokens,
+                               temperature=cfg.temperature, top_p=cfg.top_p, do_sample=not cfg.greedy,
+                               backend=make_backend(cfg.backend, cfg.compile_backend))
 
     def _generate(self, prompts: list[str], pref: Optional[torch.Tensor], seed: int) -> list[str]:
         torch.manual_seed(seed)  # same sampling seed for every preference on this prompt batch
@@ -69,7 +120,7 @@ class FrontGenerator:
         return decode_responses(self.tokenizer, seqs, P)
 
     def batches(self, prompts: list[str]) -> list[tuple[int, list[str]]]:
-        b = self.args.batch_size
+        b = self.cfg.batch_size
         return [(i // b, prompts[i:i + b]) for i in range(0, len(prompts), b)]
 
     def panacea(self, prefs: list[list[float]], prompts: list[str], batched: bool = True) -> list[list[str]]:
@@ -79,52 +130,88 @@ class FrontGenerator:
             if batched:  # all preferences of this prompt batch in one generate call, one lambda per row
                 rows = [p for _ in prefs for p in batch]
                 lam = torch.tensor([pref for pref in prefs for _ in batch])                        # (P*b, D)
-                texts = self._generate(rows, lam, self.args.seed + k)
+                texts = self._generate(rows, lam, self.cfg.seed + k)
                 for j in range(len(prefs)):
                     out[j] += texts[j * len(batch):(j + 1) * len(batch)]
             else:
                 for j, pref in enumerate(prefs):
-                    out[j] += self._generate(batch, torch.tensor(pref), self.args.seed + k)
+                    out[j] += self._generate(batch, torch.tensor(pref), self.cfg.seed + k)
         return out
+
+    def unconditioned(self, prompts: list[str]) -> list[str]:
+        """Responses of the model as it is (no preference input): the base under ``adapter_disabled``, or a merged
+        set of weights."""
+        return [t for k, batch in self.batches(prompts) for t in self._generate(batch, None, self.cfg.seed + k)]
 
     def base(self, prompts: list[str]) -> list[str]:
         with adapter_disabled(self.model):
-            return [t for k, batch in self.batches(prompts) for t in self._generate(batch, None, self.args.seed + k)]
+            return self.unconditioned(prompts)
 
-    def dps(self, prompts: list[str]) -> tuple[list[list[float]], list[list[str]]]:
-        prefs, out = [], []
-        for run in self.runs:
-            if run.fixed_preference is None:
-                raise PreferenceError(f"--method dps needs fixed-lambda runs; {run.path} sampled lambda")
-            load_adapter(self.model, run.path)
-            prefs.append(run.fixed_preference)
-            out.append(self.panacea([run.fixed_preference], prompts, batched=False)[0])
-        return prefs, out
 
-    @torch.no_grad()
-    def soups(self, prefs: list[list[float]], prompts: list[str]) -> list[list[str]]:
-        """Rewarded Soups: W(lambda) = W0 + sum_i lambda_i dW_i, i.e. the lambda-weighted average of the fine-tuned
-        weights theta_i = W0 + dW_i (each run's delta at its own fixed preference). Interpolating U and V
-        separately would make dW quadratic in lambda, so the deltas are interpolated instead."""
-        fixed = [r.fixed_preference for r in self.runs]
-        if any(f is None for f in fixed):
-            raise PreferenceError("--method rs needs one fixed-lambda run per objective")
-        layers = dict(svd_lora_layers(self.model))
-        original = {n: l.base.weight.detach().clone() for n, l in layers.items()}
-        deltas = []
-        for run, f in zip(self.runs, fixed):
-            load_adapter(self.model, run.path)
-            deltas.append({n: l.delta_weight(torch.tensor(f)).to(l.base.weight.dtype) for n, l in layers.items()})
-        out = []
-        for pref in prefs:
-            for n, l in layers.items():
-                l.base.weight.copy_(original[n] + sum(w * d[n] for w, d in zip(pref, deltas)))
-            with adapter_disabled(self.model):
-                out.append([t for k, batch in self.batches(prompts)
-                            for t in self._generate(batch, None, self.args.seed + k)])
-        for n, l in layers.items():
-            l.base.weight.copy_(original[n])
-        return out
+def panacea_front(gen: FrontGenerator, prefs: list[list[float]], prompts: list[str]
+                  ) -> tuple[list[list[float]], list[list[str]]]:
+    """One preference-conditioned run: every preference through the adapter's lambda input."""
+    return prefs, gen.panacea(prefs, prompts, batched=not gen.cfg.one_at_a_time)
+
+
+def dps_front(gen: FrontGenerator, prefs: Optional[list[list[float]]], prompts: list[str]
+              ) -> tuple[list[list[float]], list[list[str]]]:
+    """Fixed-lambda runs (DPS): each run evaluated at its own training preference, one point each."""
+    points, out = [], []
+    for run in gen.runs:
+        if run.fixed_preference is None:
+            raise PreferenceError(f"--method dps needs fixed-lambda runs; {run.path} sampled lambda")
+        load_adapter(gen.model, run.path)
+        points.append(run.fixed_preference)
+        out.append(gen.panacea([run.fixed_preference], prompts, batched=False)[0])
+    return points, out
+
+
+def vertex_runs(runs: Sequence[RunInfo]) -> list[RunInfo]:
+    """Rewarded Soups' runs ordered by objective: run i must be the one trained at vertex e_i (read from its
+    run.json), whatever order they were given in."""
+    D = len(runs[0].objectives)
+    by_vertex: dict[int, RunInfo] = {}
+    for run in runs:
+        f = run.fixed_preference
+        vertex = None if f is None else [i for i, x in enumerate(f) if abs(x - 1.0) < 1e-6]
+        if f is None or len(vertex) != 1 or sum(abs(x) for x in f) > 1.0 + 1e-6:
+            raise PreferenceError(f"--method rs needs one run per objective, each trained at a vertex of the simplex "
+                                  f"(preference.mode fixed, e.g. [1, 0]); {run.path} has preference {f}")
+        if vertex[0] in by_vertex:
+            raise PreferenceError(f"--method rs: {by_vertex[vertex[0]].path} and {run.path} were both trained at "
+                                  f"vertex {vertex[0]} ({run.objective_names[vertex[0]]})")
+        by_vertex[vertex[0]] = run
+    missing = [runs[0].objective_names[i] for i in range(D) if i not in by_vertex]
+    if missing:
+        raise PreferenceError(f"--method rs: no run trained at the vertex of objective(s) {missing}; pass one "
+                              f"fixed-vertex run per objective")
+    return [by_vertex[i] for i in range(D)]
+
+
+@torch.no_grad()
+def soups_front(gen: FrontGenerator, prefs: list[list[float]], prompts: list[str]
+                ) -> tuple[list[list[float]], list[list[str]]]:
+    """Rewarded Soups: W(lambda) = W0 + sum_i lambda_i dW_i, i.e. the lambda-weighted average of the fine-tuned
+    weights theta_i = W0 + dW_i (each run's delta at its own vertex). Interpolating U and V separately would make dW
+    quadratic in lambda, so the deltas are interpolated, through the adapter's merge mechanism (restored exactly)."""
+    runs = vertex_runs(gen.runs)
+    layers = [layer for _, layer in svd_lora_layers(gen.model)]
+    deltas = []                                                     # per run: one delta per adapted layer
+    for run in runs:
+        load_adapter(gen.model, run.path)
+        f = torch.tensor(run.fixed_preference)
+        deltas.append([layer.delta_weight(f.to(layer.lora_s.device)) for layer in layers])
+    out = []
+    for pref in prefs:
+        soup = [sum(w * d[i] for w, d in zip(pref, deltas)) for i in range(len(layers))]
+        with weights_added(gen.model, soup, torch.tensor(pref)):
+            out.append(gen.unconditioned(prompts))
+    return prefs, out
+
+
+METHODS: dict[str, Callable[..., tuple[list[list[float]], list[list[str]]]]] = {
+    "panacea": panacea_front, "dps": dps_front, "rs": soups_front}
 
 
 def score_front(scorer: Scorer, extra: dict[str, Callable], raw_prompts: list[str],
@@ -138,56 +225,35 @@ def score_front(scorer: Scorer, extra: dict[str, Callable], raw_prompts: list[st
     return np.stack(points), {k: np.stack(v) for k, v in extra_points.items()}
 
 
-def parse_reference(text: Optional[str], dim: int) -> Optional[list[float]]:
-    if not text:
-        return None
-    path = Path(text)
-    if path.is_file():
-        data = json.loads(path.read_text())
-        ref = data["reference_point"] if isinstance(data, dict) else data
-    else:
-        ref = [float(x) for x in text.split(",")]
-    if len(ref) != dim:
-        raise FrontError(f"reference point {ref} has {len(ref)} entries but there are {dim} objectives")
-    return [float(x) for x in ref]
-
-
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    runs = [read_run(r) for r in args.run]
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    runs = [read_run(r) for r in cfg.run]
     names = runs[0].objective_names
     for r in runs[1:]:
         if r.objective_names != names:
             raise FrontError(f"runs disagree on objectives: {names} vs {r.objective_names} ({r.path})")
-    method = args.method or ("panacea" if len(runs) == 1 else None)
-    if method is None:
-        raise ValueError("several --run given: say --method dps or --method rs")
+    method = cfg.method_name
     D = len(names)
-    prefs = load_preferences(args, D) if method != "dps" else None
+    prefs = load_preferences(cfg, D) if method != "dps" else None
     # Prompts, score models and extra scorers are checked before any generation.
-    prompts_path = args.prompts
+    prompts_path = cfg.prompts
     if prompts_path is None:
         prompts_path = json.loads((runs[0].path / "run.json").read_text()).get("prompts_path")
         if prompts_path is None:
             raise DataError("pass --prompts DATA (held-out prompts to evaluate on)")
-    rows = load_rows(prompts_path, args.split, args.n_prompts)
-    require_columns(rows, [args.prompt_column], prompts_path, hint="set --prompt_column")
-    raw = [str(p) for p in rows[args.prompt_column]]
+    rows = load_rows(prompts_path, cfg.split, cfg.n_prompts)
+    require_columns(rows, [cfg.prompt_column], prompts_path, hint="set --prompt_column")
+    raw = [str(p) for p in rows[cfg.prompt_column]]
     scorer = Scorer([ObjectiveConfig(**o) for o in runs[0].objectives])
-    extra_specs = {**runs[0].eval_scorers, **dict(s.split("=", 1) for s in args.scorer)}
+    extra_specs = {**runs[0].eval_scorers, **dict(s.split("=", 1) for s in cfg.scorer)}
     extra = {name: load_callable(spec) for name, spec in extra_specs.items()}
-    reference = parse_reference(args.reference_point, D)
+    reference = parse_reference(cfg.reference_point, D)
 
-    gen = FrontGenerator(runs, args)
+    gen = FrontGenerator(runs, cfg)
     texts = [format_prompt(gen.tokenizer, p) for p in raw]
-    if method == "panacea":
-        responses = gen.panacea(prefs, texts, batched=not args.one_at_a_time)
-    elif method == "dps":
-        prefs, responses = gen.dps(texts)
-    else:
-        responses = gen.soups(prefs, texts)
+    prefs, responses = METHODS[method](gen, prefs, texts)
     points, extra_points = score_front(scorer, extra, raw, responses)
     base_point, base_extra = None, {}
-    if args.with_base:
+    if cfg.with_base:
         bp, be = score_front(scorer, extra, raw, [gen.base(texts)])
         base_point, base_extra = bp[0].tolist(), {k: v[0].tolist() for k, v in be.items()}
     prefs_np = np.asarray(prefs, float)
@@ -196,16 +262,16 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         warnings.warn("no --reference-point: using one derived from this front alone; to compare methods use "
                       "compare_fronts.py (one shared reference point)")
     result = {
-        "method": args.name or method, "objectives": names, "preferences": prefs_np.tolist(),
+        "method": cfg.name or method, "objectives": names, "preferences": prefs_np.tolist(),
         "points": points.tolist(), "extra_points": {k: v.tolist() for k, v in extra_points.items()},
         "reference_point": reference, "metrics": all_metrics(prefs_np, points, reference),
         "extra_metrics": {k: all_metrics(prefs_np, v, default_reference([v])) for k, v in extra_points.items()},
         "base_point": base_point, "base_extra_points": base_extra,
-        "n_prompts": len(raw), "seed": args.seed, "runs": [str(r.path) for r in runs],
-        "greedy": bool(args.greedy), "samples": [{"preference": prefs_np[j].tolist(), "prompt": raw[0],
-                                                 "response": responses[j][0]} for j in range(len(prefs))],
+        "n_prompts": len(raw), "seed": cfg.seed, "runs": [str(r.path) for r in runs],
+        "greedy": bool(cfg.greedy), "samples": [{"preference": prefs_np[j].tolist(), "prompt": raw[0],
+                                                "response": responses[j][0]} for j in range(len(prefs))],
     }
-    out = Path(args.out)
+    out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "pareto.json").write_text(json.dumps(result, indent=2))
     plot_fronts({result["method"]: (prefs_np, points)}, names, str(out / "pareto.png"),
@@ -213,15 +279,15 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     for name, pts in extra_points.items():
         plot_fronts({result["method"]: (prefs_np, pts)}, names, str(out / f"pareto_{name}.png"),
                     title=f"{result['method']} scored by {name}", base_point=base_extra.get(name))
-    if not args.no_wandb:
-        _log_wandb(result, out, args)
+    if not cfg.no_wandb:
+        _log_wandb(result, out, cfg)
     return result
 
 
-def _log_wandb(result: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
+def _log_wandb(result: dict[str, Any], out: Path, cfg: EvalConfig) -> None:
     from rlhf.tracking import Tracker, WandbConfig
 
-    tracker = Tracker(WandbConfig(project=args.wandb_project, run_name=f"eval-{result['method']}"),
+    tracker = Tracker(WandbConfig(project=cfg.wandb_project, run_name=f"eval-{result['method']}"),
                       {"runs": result["runs"], "n_prompts": result["n_prompts"]}, str(out), active=True)
     if tracker.run is not None:
         import wandb
@@ -234,48 +300,25 @@ def _log_wandb(result: dict[str, Any], out: Path, args: argparse.Namespace) -> N
     tracker.finish()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", action="append", required=True, help="run directory (repeat for dps / rs)")
-    ap.add_argument("--method", choices=["panacea", "dps", "rs"], default=None)
-    ap.add_argument("--name", default=None, help="method name written to pareto.json (default: --method)")
-    ap.add_argument("--grid", type=float, default=0.1, help="simplex grid step (D=2: 11 points, D=3: 66)")
-    ap.add_argument("--preferences", default=None, help="JSON list of preference vectors (overrides --grid)")
-    ap.add_argument("--prompts", default=None, help="held-out prompts: hub name or local file")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--prompt_column", default="prompt")
-    ap.add_argument("--n_prompts", type=int, default=64)
-    ap.add_argument("--out", default=None, help="output directory (default: RUN/eval)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch_size", type=int, default=16, help="prompts per generate call")
-    ap.add_argument("--max_prompt_length", type=int, default=128)
-    ap.add_argument("--max_new_tokens", type=int, default=64)
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--top_p", type=float, default=1.0)
-    ap.add_argument("--greedy", action="store_true", help="greedy decoding instead of seeded sampling")
-    ap.add_argument("--backend", default="hf", choices=list(BACKENDS), help="decoder (rlhf/generation.py)")
-    ap.add_argument("--compile_backend", default="inductor", help="torch.compile backend for hf_static_compile")
-    ap.add_argument("--one_at_a_time", action="store_true", help="one generate call per preference (slower)")
-    ap.add_argument("--with_base", action="store_true", help="also score the base model (adapter off)")
-    ap.add_argument("--scorer", action="append", default=[], help="extra scorer NAME=module:function")
-    ap.add_argument("--reference-point", "--reference_point", dest="reference_point", default=None,
-                    help="comma-separated values, or a JSON file holding one (shared across methods)")
-    ap.add_argument("--no_wandb", action="store_true")
-    ap.add_argument("--wandb_project", default="panacea-rlhf")
-    return ap
+def parse_args(argv: Sequence[str]) -> EvalConfig:
+    """``--key value`` options (``--run`` repeatable) and an optional ``--config FILE``, into an EvalConfig."""
+    path, overrides = split_config_arg(list(argv))
+    return load_config(EvalConfig, path, overrides)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args = build_parser().parse_args(argv)
-    if args.out is None:
-        args.out = str(Path(args.run[0]) / "eval")
+    argv = sys.argv[1:] if argv is None else argv
+    if "--help" in argv or "-h" in argv:
+        print(__doc__ + "\nOptions (--key value, or keys of a --config YAML):\n" + describe(EvalConfig))
+        return
     try:
-        result = evaluate(args)
-    except (FrontError, PreferenceError, DataError, FileNotFoundError, ValueError) as err:
+        cfg = parse_args(argv)
+        result = evaluate(cfg)
+    except (ConfigError, FrontError, PreferenceError, DataError, FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
     m = result["metrics"]
     print(f"[evaluate] {result['method']}: {len(result['points'])} points on {result['n_prompts']} prompts -> "
-          f"{Path(args.out) / 'pareto.json'}, {Path(args.out) / 'pareto.png'}")
+          f"{cfg.out_dir / 'pareto.json'}, {cfg.out_dir / 'pareto.png'}")
     print("  " + ", ".join(f"{k}={v:.4g}" for k, v in m.items()))
 
 

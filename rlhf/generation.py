@@ -33,12 +33,35 @@ stay with the training model, as now, so PPO's ratios never mix two numerical im
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
 import torch
 from torch import nn
 
+from rlhf.config import check, doc_field
+
 BACKENDS = ("hf", "hf_static_compile")
+
+
+@dataclass(frozen=True)
+class SamplingFields:
+    """How responses are decoded: shared by PPO rollouts (``generation``) and front evaluation."""
+
+    max_new_tokens: int = doc_field(128, "response length cap")
+    temperature: float = doc_field(1.0, "sampling temperature (log-probs use the same temperature)")
+    top_p: float = doc_field(1.0, "nucleus sampling")
+    backend: str = doc_field(
+        "hf", f"decoder, one of {list(BACKENDS)}: hf = eager dynamic cache; hf_static_compile = static cache + "
+              f"torch.compile, compiled once per run, lambda a graph input (GPU; ZeRO stage 0-2)")
+    compile_backend: str = doc_field("inductor", "torch.compile backend for hf_static_compile ('eager' on CPU)")
+
+    def __post_init__(self) -> None:
+        getattr(super(), "__post_init__", lambda: None)()
+        check(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        check(self.backend in BACKENDS, "backend", f"must be one of {list(BACKENDS)}, got {self.backend!r}")
 
 
 class GenerationBackend(Protocol):

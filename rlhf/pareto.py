@@ -32,6 +32,30 @@ def check_reference(points: np.ndarray, ref: np.ndarray) -> None:
                          ". Pass a lower --reference-point shared by every method compared")
 
 
+def parse_reference(text: Optional[str], dim: int) -> Optional[list[float]]:
+    """A reference point from ``"0.1,-2.0"`` or a JSON file holding a list or ``{"reference_point": [...]}``."""
+    import json
+    from pathlib import Path
+
+    if not text:
+        return None
+    path = Path(text)
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as err:
+            raise FrontError(f"reference point file {path} is not JSON: {err}") from None
+        ref = data["reference_point"] if isinstance(data, dict) else data
+    else:
+        try:
+            ref = [float(x) for x in str(text).split(",")]
+        except ValueError:
+            raise FrontError(f"reference point {text!r} is neither comma-separated numbers nor a JSON file") from None
+    if len(ref) != dim:
+        raise FrontError(f"reference point {ref} has {len(ref)} entries but there are {dim} objectives")
+    return [float(x) for x in ref]
+
+
 def hypervolume(points: np.ndarray, ref: Sequence[float]) -> float:
     import moocore
 

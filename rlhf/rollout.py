@@ -18,7 +18,7 @@ from torch import nn
 from rlhf.batch import Rollout
 from rlhf.generation import GenerationBackend, HFEager
 from rlhf.losses import logprobs_from_logits
-from rlhf.svd_lora import adapter_rows, merged, set_preference
+from rlhf.svd_lora import adapter_rows, merged, scoped_preference
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -69,14 +69,10 @@ def policy_and_reference_logprobs(actor: nn.Module, sequences: torch.Tensor, att
     B = sequences.shape[0]
     twice = lambda t: torch.cat([t, t])  # noqa: E731
     enabled = torch.cat([torch.ones(B), torch.zeros(B)])                                      # (2B,)
-    if preference.dim() == 2:
-        set_preference(actor, twice(preference))                                              # (2B, D)
-    try:
-        with adapter_rows(actor, enabled):
-            lp, _ = response_logprobs(actor, twice(sequences), twice(attention_mask), response_len,
-                                      temperature)                                            # (2B, T)
-    finally:
-        set_preference(actor, preference)
+    pref = twice(preference) if preference.dim() == 2 else preference                         # (2B, D) or (D,)
+    with scoped_preference(actor, pref), adapter_rows(actor, enabled):
+        lp, _ = response_logprobs(actor, twice(sequences), twice(attention_mask), response_len,
+                                  temperature)                                                # (2B, T)
     return lp[:B], lp[B:]
 
 
@@ -88,7 +84,8 @@ def generate(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[str], pref
     """Left-padded prompts -> (sequences (B, P+T) with pads after EOS, attention_mask (B, P+T), prompt length P,
     response_mask (B, T)).
 
-    ``preference`` (D,) or (B, D) is written into the adapter first; None leaves the model as it is.
+    ``preference`` (D,) or (B, D): every decoding forward runs under it; None leaves the adapter's state as it is
+    (the base model under ``adapter_disabled``, or a lambda already merged into W0).
     ``backend`` decodes (``rlhf/generation.py``; default HF eager).
     """
     backend = backend or HFEager()
@@ -102,11 +99,11 @@ def generate(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[str], pref
     finally:
         tokenizer.padding_side = side
     input_ids, prompt_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # (B, P)
-    if preference is not None:
-        set_preference(actor, preference)
-    sequences = backend.generate(actor, input_ids, prompt_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                 temperature=temperature, top_p=top_p, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id, synced_gpus=synced_gpus)  # (B, P+T)
+    with scoped_preference(actor, preference) if preference is not None else contextlib.nullcontext():
+        sequences = backend.generate(actor, input_ids, prompt_mask, max_new_tokens=max_new_tokens,
+                                     do_sample=do_sample, temperature=temperature, top_p=top_p,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                     synced_gpus=synced_gpus)                                 # (B, P+T)
     P = input_ids.shape[1]
     response_mask = response_mask_from_tokens(sequences[:, P:], tokenizer.eos_token_id)       # (B, T)
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)                           # (B, P+T)
@@ -128,9 +125,9 @@ def generate_rollout(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[st
 
     ``merge``: generate with lambda merged into W0 (``svd_lora.merged``); log-probs still use the adapter form.
     """
-    set_preference(actor, preference)
     with merged(actor, preference) if merge else contextlib.nullcontext():
-        sequences, attention_mask, P, response_mask = generate(actor, tokenizer, prompt_texts, None,
+        sequences, attention_mask, P, response_mask = generate(actor, tokenizer, prompt_texts,
+                                                           None if merge else preference,
                                                            max_prompt_length=max_prompt_length,
                                                            max_new_tokens=max_new_tokens, temperature=temperature,
                                                            top_p=top_p, synced_gpus=synced_gpus,

@@ -7,7 +7,7 @@ running normalisation (statistics shared across ranks), then clipping to +-score
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, ClassVar, Literal, Optional, Sequence
 
 import torch
 
@@ -18,10 +18,13 @@ from rlhf.data import DEFAULT_TEMPLATE, format_conversation
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    """One preference dimension and the model that scores it."""
+    """One preference dimension and the model that scores it. ``- helpful`` is short for ``- {name: helpful}``."""
+
+    SCALAR_FIELD: ClassVar[str] = "name"
 
     name: str = doc_field("", "objective name (helpful, harmless, ...); used in logs and pareto.json")
-    model: str = doc_field("", "score model: hub name or path (AutoModelForSequenceClassification, num_labels=1)")
+    model: str = doc_field("", "score model: hub name or path (AutoModelForSequenceClassification, num_labels=1); "
+                               "required by PPO and by evaluation")
     kind: Literal["reward", "cost"] = doc_field("reward", "reward: higher = better; cost: higher = worse (negated)")
     normalize: bool = doc_field(False, "divide by a running std and subtract a running mean (per dimension)")
     batch_size: int = doc_field(16, "sequences per score-model forward pass")
@@ -29,9 +32,9 @@ class ObjectiveConfig:
     prompt_template: str = doc_field(DEFAULT_TEMPLATE, "conversation layout if the score tokenizer has no chat template")
 
     def __post_init__(self) -> None:
-        check(bool(self.name), "objectives[].name", "is required")
-        check(bool(self.model), f"objectives[{self.name}].model", "is required: a score model path or hub name")
-        check(self.batch_size >= 1, f"objectives[{self.name}].batch_size", "must be >= 1")
+        check(bool(self.name), "name", "is required")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.max_length >= 1, "max_length", f"must be >= 1 token, got {self.max_length}")
 
 
 class RunningMeanStd:
@@ -69,6 +72,68 @@ class RunningMeanStd:
         self.mean = torch.tensor(state["mean"], dtype=torch.float64)
         self.var = torch.tensor(state["var"], dtype=torch.float64)
         self.count = float(state["count"])
+
+
+class ScoreProcessor:
+    """Raw end scores (B, D) -> the scores PPO trains on: per-dimension running normalisation where the objective
+    asks for it (statistics shared across ranks), then clipping to +-clip."""
+
+    def __init__(self, objectives: Sequence[ObjectiveConfig], clip: float) -> None:
+        self.use = torch.tensor([o.normalize for o in objectives])                                 # (D,)
+        self.norm = RunningMeanStd(len(objectives))
+        self.clip = clip
+
+    def __call__(self, raw: torch.Tensor) -> torch.Tensor:
+        scores = raw                                                                                # (B, D)
+        if bool(self.use.any()):
+            self.norm.update(raw)
+            scores = torch.where(self.use.to(raw.device), self.norm.normalize(raw), raw)
+        return scores.clamp(-self.clip, self.clip)                                                  # (B, D)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.norm.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.norm.load_state_dict(state)
+
+
+class NonFiniteScoresError(RuntimeError):
+    """Too many consecutive batches had NaN/inf scores; the run stops without writing a checkpoint."""
+
+
+class FiniteGuard:
+    """Skips batches whose scores are NaN/inf on any rank (naming the score model) and stops after ``max_bad`` in a
+    row. The counters are part of the trainer state (a resumed run counts on)."""
+
+    def __init__(self, objectives: Sequence[ObjectiveConfig], max_bad: int) -> None:
+        self.objectives, self.max_bad = tuple(objectives), max_bad
+        self.in_row, self.total = 0, 0
+
+    def ok(self, raw: torch.Tensor, step: int) -> bool:
+        """raw: (B, D). True when every rank's scores are finite."""
+        bad_dims = (~torch.isfinite(raw)).any(0).double()                                           # (D,)
+        bad_dims = engine.all_reduce_sum(bad_dims.to(engine.device())).cpu()
+        if not bool(bad_dims.any()):
+            self.in_row = 0
+            return True
+        self.in_row += 1
+        self.total += 1
+        culprits = [f"{o.name} ({o.model})" for o, b in zip(self.objectives, bad_dims.tolist()) if b > 0]
+        import warnings
+
+        warnings.warn(f"step {step}: NaN/inf scores from score model(s) {culprits} ({self.in_row} batch(es) in a "
+                      f"row, {self.total} in total); batch skipped")
+        if self.in_row >= self.max_bad:
+            raise NonFiniteScoresError(
+                f"{self.in_row} consecutive batches had NaN/inf scores (max_bad_batches={self.max_bad}) from "
+                f"{culprits}; stopping without a checkpoint. Check those score models")
+        return False
+
+    def state_dict(self) -> dict[str, int]:
+        return {"bad_in_row": self.in_row, "bad_total": self.total}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.in_row, self.total = state["bad_in_row"], state["bad_total"]
 
 
 class Scorer:

@@ -22,16 +22,17 @@ import torch
 import torch.nn.functional as F
 
 from rlhf import engine
-from rlhf.aggregation import get_aggregator
+from rlhf.batch import TrainBatch
 from rlhf.config import check, doc_field
 from rlhf.data import DEFAULT_TEMPLATE, DataError, format_prompt, load_rows, pad_batch, require_columns
-from rlhf.loop import (SupervisedConfig, build_engine, cli, resume_point, save_atomically, split_rows, start,
-                       summary, total_optimizer_steps, tracker_for, train_loop)
-from rlhf.preference import PreferenceConfig, sample_preference
-from rlhf.rollout import position_ids_from_mask
+from rlhf.loop import (SupervisedConfig, build_engine, cli, fit, forward_scope, split_rows, start, summary,
+                       total_optimizer_steps, vertex_means)
 from rlhf.losses import logprobs_from_logits
-from rlhf.scoring import ObjectiveConfig
-from rlhf.svd_lora import SVDLoRAConfig, adapter_disabled, apply_svd_lora, save_adapter, set_preference
+from rlhf.multi_objective import MultiObjectiveConfig
+from rlhf.preference import sample_preference
+from rlhf.rollout import position_ids_from_mask
+from rlhf.run import Run
+from rlhf.svd_lora import adapter_disabled, apply_svd_lora, save_adapter
 
 
 def dpo_losses(policy_w: torch.Tensor, policy_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
@@ -63,33 +64,22 @@ class DPODataConfig:
 
 
 @dataclass(frozen=True)
-class DPOConfig(SupervisedConfig):
-    """A Panacea-DPO run: the shared training fields (rlhf/loop.py) plus objectives, pairs and aggregation."""
+class DPOConfig(SupervisedConfig, MultiObjectiveConfig):
+    """A Panacea-DPO run: the run and training fields (rlhf/run.py, rlhf/loop.py), the multi-objective block
+    (rlhf/multi_objective.py), the pairs and beta."""
 
-    output_dir: str = doc_field("runs/dpo", "run directory; the policy goes to output_dir/policy")
     lr: float = doc_field(5e-4, "learning rate (adapter)")
-    objectives: tuple[ObjectiveConfig, ...] = doc_field((), "the D objectives (name; score model used by evaluate.py)")
-    adapter: SVDLoRAConfig = doc_field(factory=SVDLoRAConfig, doc="SVD-LoRA (pref_dim = D)")
     data: DPODataConfig = doc_field(factory=DPODataConfig, doc="preference pairs per dimension")
-    preference: PreferenceConfig = doc_field(factory=PreferenceConfig, doc="lambda sampling")
-    aggregation: Literal["ls", "tche", "stche"] = doc_field("ls", "how per-dimension losses combine")
-    stche_mu: float = doc_field(0.1, "temperature of smooth Tchebycheff")
     beta: float = doc_field(0.1, "DPO inverse temperature")
-    eval_scorers: dict[str, str] = doc_field(factory=dict, doc="extra scorers for evaluate.py (name -> module:fn)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         D = len(self.objectives)
-        check(D >= 1, "objectives", "needs at least one objective")
-        check(self.adapter.pref_dim == D, "adapter.pref_dim", f"is {self.adapter.pref_dim} but {D} objectives")
+        check(self.adapter is not None, "adapter", "is required: Panacea-DPO trains the SVD-LoRA adapter")
         n_cols = len(self.data.id_columns) if self.data.schema == "pku_saferlhf" else len(self.data.pair_columns)
         check(n_cols == D, "data.id_columns" if self.data.schema == "pku_saferlhf" else "data.pair_columns",
               f"name {n_cols} dimension columns but {D} objectives are configured")
         check(self.beta > 0, "beta", f"must be > 0, got {self.beta}")
-
-    @property
-    def names(self) -> list[str]:
-        return [o.name for o in self.objectives]
 
 
 class DPOData:
@@ -132,18 +122,19 @@ class DPOData:
         return len(self.rows)
 
     def batch(self, indices: list[int]) -> dict[str, Any]:
-        seqs, pairs = [], []
-        for i in indices:
+        seqs, pairs, row_of = [], [], []
+        for b, i in enumerate(indices):
             s, p = self.rows[i]
             base = len(seqs)
             seqs += s
+            row_of += [b] * len(s)
             pairs.append([(base + c, base + r) for c, r in p])
         ids, mask = pad_batch([x for x, _ in seqs], self.pad_id)                               # (S, L)
         loss_mask = mask.clone()
         for j, (_, plen) in enumerate(seqs):
             loss_mask[j, :plen] = 0
         return {"input_ids": ids, "attention_mask": mask, "loss_mask": loss_mask,
-                "pairs": torch.tensor(pairs)}                                                  # (B, D, 2)
+                "pairs": torch.tensor(pairs), "row_of": torch.tensor(row_of)}                  # (B, D, 2), (S,)
 
 
 def sequence_logprobs(model: Any, b: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -158,7 +149,7 @@ def sequence_logprobs(model: Any, b: dict[str, torch.Tensor]) -> torch.Tensor:
 def train(cfg: DPOConfig) -> Path:
     from transformers import AutoModelForCausalLM
 
-    tokenizer = start(cfg)
+    run, tokenizer = start(cfg, "dpo")
     d = cfg.data
     rows = load_rows(d.path, d.split, d.max_samples)
     needed = ([d.prompt_column, "response_0", "response_1", *d.id_columns] if d.schema == "pku_saferlhf"
@@ -174,58 +165,54 @@ def train(cfg: DPOConfig) -> Path:
         apply_svd_lora(model, cfg.adapter)
         model.eval()  # no dropout: policy and reference log-probs must compare like with like
 
-    resume = resume_point(cfg)  # a bad --resume_from fails here, before the model loads
     model_engine = build_engine(cfg, lambda: AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path),
                                 total_steps, prepare)
-    out, tracker = Path(cfg.output_dir), tracker_for(cfg)
-    aggregator, dev = get_aggregator(cfg.aggregation), engine.device()
+    run.start_tracking()
+    aggregator, dev = cfg.aggregation.build(), engine.device()
 
-    def per_dim(b: dict[str, Any], lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, D) DPO losses and margins under preference lam."""
-        b = {k: v.to(dev) for k, v in b.items()}
-        set_preference(model_engine.module, lam)
+    def to_batch(data: DPOData, indices: list[int], lam: torch.Tensor) -> TrainBatch:
+        t = {k: v.to(dev) for k, v in data.batch(indices).items()}
+        return TrainBatch(indices=tuple(indices), tensors=t, preference=lam.to(dev), row_of=t["row_of"])
+
+    def per_dim(batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D) DPO losses and margins; the caller runs it inside the batch's scope (its lambda)."""
+        b = batch.tensors
         policy = sequence_logprobs(model_engine, b)                                            # (S,)
         with torch.no_grad(), adapter_disabled(model_engine.module):
             ref = sequence_logprobs(model_engine, b)                                           # (S,)
         w, l = b["pairs"][..., 0], b["pairs"][..., 1]                                           # (B, D) each
         return dpo_losses(policy[w], policy[l], ref[w], ref[l], cfg.beta)
 
-    def step_fn(indices: list[int], micro: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def make_batch(indices: list[int], micro: int) -> TrainBatch:
         lam = sample_preference(cfg.preference, D, cfg.seed, micro // cfg.grad_accum)            # (D,)
-        losses, margins = per_dim(train_data.batch(indices), lam)                               # (B, D)
-        loss = aggregator(losses.mean(0), lam.to(dev), mu=cfg.stche_mu)
+        return to_batch(train_data, indices, lam)
+
+    def step_fn(batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        losses, margins = per_dim(batch)                                                         # (B, D)
+        loss = aggregator(losses.mean(0), batch.preference, mu=cfg.aggregation.mu)
         metrics = {}
-        for i, n in enumerate(cfg.names):
+        for i, n in enumerate(cfg.objective_names):
             metrics[f"loss/{n}"] = losses[:, i].mean().item()
             metrics[f"reward_margin/{n}"] = margins[:, i].mean().item()
             metrics[f"accuracy/{n}"] = (margins[:, i] > 0).float().mean().item()
         return loss, metrics
 
-    @torch.no_grad()
-    def eval_fn() -> dict[str, float]:
-        """Held-out preference accuracy of each dimension at its own vertex (lambda = e_i)."""
-        idx = list(range(engine.rank(), len(eval_data), engine.world_size()))
-        sums = torch.zeros(D + 1, dtype=torch.float64, device=dev)
-        for i0 in range(0, len(idx), cfg.micro_batch_size):
-            batch = eval_data.batch(idx[i0:i0 + cfg.micro_batch_size])
-            for i in range(D):
-                _, margins = per_dim(batch, F.one_hot(torch.tensor(i), D).float())
-                sums[i] += ((margins[:, i] > 0).double() + 0.5 * (margins[:, i] == 0).double()).sum()  # ties: 1/2
-            sums[D] += len(batch["pairs"])
-        sums = engine.all_reduce_sum(sums)
-        return {f"eval/accuracy/{n}": (sums[i] / sums[D]).item() for i, n in enumerate(cfg.names)}
+    def eval_correct(rows: list[int], i: int) -> torch.Tensor:
+        """Held-out pairs of dimension i ranked right at vertex e_i (ties count 1/2), summed over rows."""
+        batch = to_batch(eval_data, rows, F.one_hot(torch.tensor(i), D).float())
+        with forward_scope(model_engine.module, batch):
+            _, margins = per_dim(batch)
+        return ((margins[:, i] > 0).double() + 0.5 * (margins[:, i] == 0).double()).sum()
 
-    if engine.is_main():
-        print(f"[dpo] {D} objectives {cfg.names}, aggregation={cfg.aggregation}: {len(train_data)} rows, "
-              f"{total_steps} optimiser steps, world size {engine.world_size()}", flush=True)
-    res = train_loop(model_engine, cfg, len(train_data), total_steps=total_steps, step_fn=step_fn, eval_fn=eval_fn,
-                     tracker=tracker, desc="dpo", resume=resume)
-    final = _save(model_engine, tokenizer, cfg, out, res)
-    tracker.finish()
-    return final
+    return fit(model_engine, run, cfg, len(train_data), total_steps=total_steps, make_batch=make_batch,
+               step_fn=step_fn, desc="dpo", save=lambda res: _save(run, model_engine, tokenizer, cfg, res),
+               eval_fn=lambda: vertex_means("eval/accuracy", cfg.objective_names, len(eval_data),
+                                            cfg.micro_batch_size, eval_correct),
+               banner=f"[dpo] {D} objectives {list(cfg.objective_names)}, aggregation={cfg.aggregation.name}: "
+                      f"{len(train_data)} rows, {total_steps} optimiser steps")
 
 
-def _save(model_engine: Any, tokenizer: Any, cfg: DPOConfig, out: Path, res: Any) -> Path:
+def _save(run: Run, model_engine: Any, tokenizer: Any, cfg: DPOConfig, res: Any) -> Path:
     from rlhf.runs import write_run_info
 
     state = engine.full_state_dict(model_engine, only_trainable=True)
@@ -237,7 +224,7 @@ def _save(model_engine: Any, tokenizer: Any, cfg: DPOConfig, out: Path, res: Any
                        preference=cfg.preference, eval_scorers=cfg.eval_scorers, step=res.steps)
         (tmp / "dpo_summary.json").write_text(json.dumps(summary(res), indent=2))
 
-    target = save_atomically(out / "policy", write)
+    target = run.save_result(write, subdir="policy")
     if engine.is_main():
         print(f"[dpo] saved {target}", flush=True)
     return target

@@ -6,24 +6,26 @@
 """
 from __future__ import annotations
 
-import json
-from typing import Optional
+from typing import Any, Optional
 
 from rlhf.loop import cli
 from rlhf.ppo_config import PPOConfig
 
 
 def run(cfg: PPOConfig) -> None:
-    from rlhf.trainer import PPOTrainer, dry_run
+    from rlhf.trainer import PPOTrainer
 
-    if cfg.dry_run:
-        print(json.dumps({"dry_run": "ok", **dry_run(cfg)}, indent=2))
-        return
     PPOTrainer(cfg).train()
 
 
+def dry_run(cfg: PPOConfig) -> dict[str, Any]:
+    from rlhf.trainer import dry_run as check
+
+    return check(cfg)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
-    cli(PPOConfig, run, __doc__, argv)
+    cli(PPOConfig, run, __doc__, argv, dry_run_fn=dry_run)
 
 
 if __name__ == "__main__":

@@ -12,22 +12,28 @@ format ``evaluate.py`` reads).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import torch
 
 from rlhf import engine
-from rlhf.aggregation import get_aggregator
+from rlhf.batch import TrainBatch
 from rlhf.config import check, doc_field
 from rlhf.data import DEFAULT_TEMPLATE, format_prompt, load_rows, pad_batch, require_columns
-from rlhf.loop import (SupervisedConfig, build_engine, cli, resume_point, save_atomically, split_rows, start,
-                       summary, total_optimizer_steps, tracker_for, train_loop)
-from rlhf.preference import PreferenceConfig, sample_preference
-from rlhf.svd_lora import SVDLoRAConfig, apply_svd_lora, save_adapter, set_preference
+from rlhf.loop import (SupervisedConfig, build_engine, cli, fit, split_rows, start, summary, total_optimizer_steps,
+                       vertex_means)
+from rlhf.multi_objective import MultiObjectiveConfig
+from rlhf.preference import sample_preference
+from rlhf.run import Run
+from rlhf.scoring import ObjectiveConfig
+from rlhf.svd_lora import SVDLoRAConfig, apply_svd_lora, save_adapter, scoped_preference
+
+SUMMARY = "sft_summary.json"  # written last: its presence marks a finished run
 
 
 @dataclass(frozen=True)
@@ -50,27 +56,22 @@ class SFTDataConfig:
 
 
 @dataclass(frozen=True)
-class SFTConfig(SupervisedConfig):
-    """An SFT or Panacea-SFT run: the shared training fields (rlhf/loop.py) plus targets and aggregation."""
+class SFTConfig(SupervisedConfig, MultiObjectiveConfig):
+    """An SFT or Panacea-SFT run: the run and training fields (rlhf/run.py, rlhf/loop.py), the multi-objective
+    block (rlhf/multi_objective.py; plain SFT: one objective and no adapter) and the targets."""
 
-    output_dir: str = doc_field("runs/sft", "where the model (plain SFT) or policy/ (Panacea-SFT) goes")
-    objectives: tuple[str, ...] = doc_field(("sft",), "objective names, one per response column")
+    objectives: tuple[ObjectiveConfig, ...] = doc_field((ObjectiveConfig(name="sft"),),
+                                                        "objective names, one per response column")
     adapter: Optional[SVDLoRAConfig] = doc_field(None, "null: full fine-tuning (plain SFT); set: Panacea-SFT")
     data: SFTDataConfig = doc_field(factory=SFTDataConfig, doc="training data")
-    preference: PreferenceConfig = doc_field(factory=PreferenceConfig, doc="lambda sampling (Panacea-SFT)")
-    aggregation: Literal["ls", "tche", "stche"] = doc_field("ls", "how per-dimension losses combine")
-    stche_mu: float = doc_field(0.1, "temperature of smooth Tchebycheff")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         D = len(self.objectives)
         check(len(self.data.response_columns) == D, "data.response_columns",
-              f"has {len(self.data.response_columns)} columns but {D} objectives {list(self.objectives)}")
-        if self.adapter is None:
-            check(D == 1, "adapter", f"plain SFT (adapter: null) takes one objective; {D} need an adapter")
-        else:
-            check(self.adapter.pref_dim == D, "adapter.pref_dim",
-                  f"is {self.adapter.pref_dim} but {D} objectives are configured; they must match")
+              f"has {len(self.data.response_columns)} columns but {D} objectives {list(self.objective_names)}")
+        check(self.adapter is not None or D == 1, "adapter",
+              f"plain SFT (adapter: null) takes one objective; {D} need an adapter")
 
 
 class SFTData:
@@ -121,7 +122,7 @@ def lm_losses(model: Any, data: SFTData, indices: list[int], dims: range | list[
 def train(cfg: SFTConfig) -> Path:
     from transformers import AutoModelForCausalLM
 
-    tokenizer = start(cfg)
+    run, tokenizer = start(cfg, "sft")
     d = cfg.data
     rows = load_rows(d.path, d.split, d.max_samples)
     require_columns(rows, [d.prompt_column, *d.response_columns], d.path,
@@ -131,49 +132,41 @@ def train(cfg: SFTConfig) -> Path:
     D = len(cfg.objectives)
     total_steps = total_optimizer_steps(len(train_data), cfg.micro_batch_size, cfg.grad_accum, cfg.epochs,
                                         cfg.max_steps)
-    resume = resume_point(cfg)  # a bad --resume_from fails here, before the model loads
     model_engine = build_engine(cfg, lambda: AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path),
                                 total_steps,
                                 prepare=(lambda m: apply_svd_lora(m, cfg.adapter)) if cfg.adapter else None)
-    out, tracker = Path(cfg.output_dir), tracker_for(cfg)
-    aggregator, dev = get_aggregator(cfg.aggregation), engine.device()
+    run.start_tracking()
+    aggregator, dev = cfg.aggregation.build(), engine.device()
 
-    def step_fn(indices: list[int], micro: int) -> tuple[torch.Tensor, dict[str, float]]:
-        losses = lm_losses(model_engine, train_data, indices, range(D), dev)                          # (D,)
-        if cfg.adapter is None:
+    def make_batch(indices: list[int], micro: int) -> TrainBatch:
+        # one lambda per optimiser step, identical on every rank and after a resume (preference.py); drawn before
+        # the forward so that the adapter's input and the loss weights are the same lambda
+        lam = None if cfg.adapter is None else sample_preference(cfg.preference, D, cfg.seed,
+                                                                   micro // cfg.grad_accum)     # (D,)
+        return TrainBatch(indices=tuple(indices), tensors={}, preference=lam)
+
+    def step_fn(batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        losses = lm_losses(model_engine, train_data, list(batch.indices), range(D), dev)           # (D,)
+        if batch.preference is None:
             return losses[0], {}
-        # one lambda per optimiser step, identical on every rank and after a resume (preference.py)
-        lam = sample_preference(cfg.preference, D, cfg.seed, micro // cfg.grad_accum)                # (D,)
-        set_preference(model_engine.module, lam)
-        loss = aggregator(losses, lam.to(dev), mu=cfg.stche_mu)
-        return loss, {f"loss/{n}": v.item() for n, v in zip(cfg.objectives, losses)}
+        loss = aggregator(losses, batch.preference.to(dev), mu=cfg.aggregation.mu)
+        return loss, {f"loss/{n}": v.item() for n, v in zip(cfg.objective_names, losses)}
 
-    @torch.no_grad()
-    def eval_fn() -> dict[str, float]:
-        """Held-out cross-entropy per objective; Panacea-SFT evaluates each objective at its own vertex."""
-        idx = list(range(engine.rank(), len(eval_data), engine.world_size()))
-        sums = torch.zeros(D + 1, dtype=torch.float64, device=dev)
-        for i0 in range(0, len(idx), cfg.micro_batch_size):
-            batch = idx[i0:i0 + cfg.micro_batch_size]
-            for i in range(D):
-                if cfg.adapter is not None:
-                    set_preference(model_engine.module, torch.nn.functional.one_hot(torch.tensor(i), D).float())
-                sums[i] += lm_losses(model_engine, eval_data, batch, [i], dev)[0].double() * len(batch)
-            sums[D] += len(batch)
-        sums = engine.all_reduce_sum(sums)
-        return {f"eval/loss/{n}": (sums[i] / sums[D]).item() for i, n in enumerate(cfg.objectives)}
+    def eval_loss(rows: list[int], i: int) -> torch.Tensor:
+        """Objective i's held-out cross-entropy, summed over rows; Panacea-SFT reads it at vertex e_i."""
+        vertex = torch.nn.functional.one_hot(torch.tensor(i), D).float()                      # (D,)
+        with scoped_preference(model_engine.module, vertex) if cfg.adapter else contextlib.nullcontext():
+            return lm_losses(model_engine, eval_data, rows, [i], dev)[0].double() * len(rows)
 
-    if engine.is_main():
-        print(f"[sft] {'Panacea-SFT' if cfg.adapter else 'SFT'} of {cfg.model_name_or_path}: {len(train_data)} rows, "
-              f"{total_steps} optimiser steps, world size {engine.world_size()}", flush=True)
-    res = train_loop(model_engine, cfg, len(train_data), total_steps=total_steps, step_fn=step_fn, eval_fn=eval_fn,
-                     tracker=tracker, desc="sft", resume=resume)
-    final = _save(model_engine, tokenizer, cfg, out, res)
-    tracker.finish()
-    return final
+    return fit(model_engine, run, cfg, len(train_data), total_steps=total_steps, make_batch=make_batch,
+               step_fn=step_fn, desc="sft", save=lambda res: _save(run, model_engine, tokenizer, cfg, res),
+               eval_fn=lambda: vertex_means("eval/loss", cfg.objective_names, len(eval_data), cfg.micro_batch_size,
+                                            eval_loss),
+               banner=f"[sft] {'Panacea-SFT' if cfg.adapter else 'SFT'} of {cfg.model_name_or_path}: "
+                      f"{len(train_data)} rows, {total_steps} optimiser steps")
 
 
-def _save(model_engine: Any, tokenizer: Any, cfg: SFTConfig, out: Path, res: Any) -> Path:
+def _save(run: Run, model_engine: Any, tokenizer: Any, cfg: SFTConfig, res: Any) -> Path:
     """Plain SFT: an HF checkpoint in output_dir. Panacea-SFT: output_dir/policy (the run format)."""
     from rlhf.runs import write_run_info
 
@@ -184,12 +177,12 @@ def _save(model_engine: Any, tokenizer: Any, cfg: SFTConfig, out: Path, res: Any
             model_engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         else:
             save_adapter(model_engine.module, tmp, state_dict=state)
-            write_run_info(tmp, trainer="sft", base_model=cfg.model_name_or_path, objectives=[],
-                           preference=cfg.preference, eval_scorers={}, step=res.steps)
+            write_run_info(tmp, trainer="sft", base_model=cfg.model_name_or_path, objectives=cfg.objectives,
+                           preference=cfg.preference, eval_scorers=cfg.eval_scorers, step=res.steps)
         tokenizer.save_pretrained(tmp)
-        (tmp / "sft_summary.json").write_text(json.dumps(summary(res), indent=2))
+        (tmp / SUMMARY).write_text(json.dumps(summary(res), indent=2))
 
-    target = save_atomically(out if cfg.adapter is None else out / "policy", write)
+    target = run.save_result(write, subdir=None if cfg.adapter is None else "policy", marker=SUMMARY)
     if engine.is_main():
         print(f"[sft] saved {target}", flush=True)
     return target

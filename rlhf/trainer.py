@@ -2,15 +2,14 @@
 
     lambda (preference.py) -> rollout (rollout.py) -> scores (B, D) (scoring.py) -> rewards (B, T, D) and GAE
     (advantages.py) -> aggregated clipped loss (losses.py + aggregation.py) -> DeepSpeed steps (engine.py)
+
+The run itself (directory, lock, seeding, checkpoints, resume checks, metrics) is ``rlhf/run.py``'s.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
-import shutil
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,73 +17,33 @@ import numpy as np
 import torch
 import yaml
 
-from rlhf import checkpoint, engine
+from rlhf import engine
 from rlhf.advantages import gae, kl_rewards, reward_to_go, token_rewards, whiten
-from rlhf.aggregation import get_aggregator
+from rlhf.aggregation import IdealPoint
 from rlhf.batch import Experience, Rollout
 from rlhf.config import to_dict
 from rlhf.critic import build_critic, save_critic
-from rlhf.data import DataError, ensure_pad_token, format_prompt, load_rows, require_columns
+from rlhf.data import PromptStream, ensure_pad_token, format_prompt, load_rows, require_columns
 from rlhf.generation import make_backend
 from rlhf.losses import masked_mean, policy_loss, value_loss
-from rlhf.ppo_config import PPOConfig
+from rlhf.ppo_config import PPOConfig, check_runtime
 from rlhf.preference import sample_preference
 from rlhf.rollout import generate_rollout, position_ids_from_mask, response_logprobs
-from rlhf.scoring import RunningMeanStd, Scorer
-from rlhf.svd_lora import apply_svd_lora, count_parameters, save_adapter, set_preference
-from rlhf.tracking import Tracker
+from rlhf.run import Run
 from rlhf.runs import write_run_info
+from rlhf.scoring import FiniteGuard, ScoreProcessor, Scorer
+from rlhf.svd_lora import apply_svd_lora, count_parameters, save_adapter, scoped_preference
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class NonFiniteScoresError(RuntimeError):
-    """Too many consecutive batches had NaN/inf scores; the run stops without writing a checkpoint."""
-
-
-class PromptStream:
-    """This rank's prompts, step by step: a seeded permutation per epoch, rank-strided, resumable."""
-
-    def __init__(self, texts: list[str], raw: list[str], batch: int, seed: int, rank: int, world: int) -> None:
-        if len(texts) < batch * world:
-            raise DataError(f"{len(texts)} prompts are fewer than one step needs (rollout_batch_size {batch} x "
-                            f"{world} processes); add prompts or lower rollout_batch_size")
-        self.texts, self.raw, self.batch, self.seed, self.rank, self.world = texts, raw, batch, seed, rank, world
-        self.epoch, self.pos = 0, 0
-
-    def next(self) -> tuple[list[str], list[str]]:
-        if self.pos + self.batch * self.world > len(self.texts):
-            self.epoch, self.pos = self.epoch + 1, 0
-        order = np.random.default_rng(self.seed + self.epoch).permutation(len(self.texts))
-        start = self.pos + self.rank * self.batch
-        idx = order[start:start + self.batch]
-        self.pos += self.batch * self.world
-        return [self.texts[i] for i in idx], [self.raw[i] for i in idx]
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.pos = state["epoch"], state["pos"]
-
-
-def resolve_configs(cfg: PPOConfig, world: int, hidden_size: Optional[int]) -> tuple[dict, dict]:
-    """DeepSpeed configs of actor and critic (they differ only in learning rate)."""
-    common = dict(micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum,
-                  weight_decay=cfg.ppo.weight_decay, precision=cfg.precision, max_grad_norm=cfg.ppo.max_grad_norm,
-                  hidden_size=hidden_size, world=world)
-    return (engine.resolve_ds_config(cfg.ds_config, lr=cfg.ppo.actor_lr, **common),
-            engine.resolve_ds_config(cfg.ds_config, lr=cfg.ppo.critic_lr, **common))
 
 
 def dry_run(cfg: PPOConfig) -> dict[str, Any]:
     """Validate everything that can be validated without a model; return the batch arithmetic."""
     world = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    actor_ds, critic_ds = resolve_configs(cfg, world, hidden_size=4096)
+    actor_ds, critic_ds = check_runtime(cfg, world, hidden_size=4096)
     engine.check_ds_config(actor_ds, world)
     engine.check_ds_config(critic_ds, world)
-    get_aggregator(cfg.aggregation)
-    info = {"world_size": world, "objectives": list(cfg.objective_names), "aggregation": cfg.aggregation,
+    info = {"world_size": world, "objectives": list(cfg.objective_names), "aggregation": cfg.aggregation.name,
             "zero_stage": engine.zero_stage(actor_ds), "precision": cfg.precision,
             "prompts_per_step": cfg.rollout_batch_size * world,
             "optimizer_steps_per_ppo_step": cfg.ppo.ppo_epochs * (cfg.rollout_batch_size // cfg.mini_batch_size),
@@ -95,28 +54,18 @@ def dry_run(cfg: PPOConfig) -> dict[str, Any]:
 
 class PPOTrainer:
     def __init__(self, cfg: PPOConfig) -> None:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_scheduler
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         self.cfg = cfg
-        engine.init_distributed()
-        self.rank, self.world = engine.rank(), engine.world_size()
-        if cfg.world_size is not None and cfg.world_size != self.world:
-            raise ValueError(f"config world_size={cfg.world_size} but the launcher started {self.world} processes")
-        random.seed(cfg.seed + self.rank)
-        np.random.seed(cfg.seed + self.rank)
-        torch.manual_seed(cfg.seed + self.rank)
-        self.out = Path(cfg.output_dir)
-        self.aggregator = get_aggregator(cfg.aggregation)
+        # The run first: directory guard, lock, resume and process-count checks, seeds; before any model loads.
+        self.run = Run(cfg, "ppo")
+        self.rank, self.world, self.out = self.run.rank, self.run.world, self.run.dir
+        self.aggregator = cfg.aggregation.build()
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.actor_model)
         ensure_pad_token(self.tokenizer, "policy tokenizer")
         self.prompts = self._load_prompts()  # data errors surface before any model is loaded
         hidden = getattr(AutoConfig.from_pretrained(cfg.actor_model).get_text_config(), "hidden_size", None)
-        actor_ds, critic_ds = resolve_configs(cfg, self.world, hidden)
-        if cfg.generation.merge_adapter and engine.zero_stage(actor_ds) == 3:
-            raise ValueError("generation.merge_adapter needs ZeRO stage 0-2: under ZeRO-3 no rank holds full weights")
-        if cfg.generation.backend != "hf" and engine.zero_stage(actor_ds) == 3:
-            raise ValueError(f"generation.backend {cfg.generation.backend!r} needs ZeRO stage 0-2 (ZeRO-3's parameter "
-                             f"hooks break compiled graphs); use generation.backend hf")
+        actor_ds, critic_ds = check_runtime(cfg, self.world, hidden)
         self.generator = make_backend(cfg.generation.backend, cfg.generation.compile_backend)
         dtype = DTYPES[cfg.precision]
         self.scorer = Scorer(cfg.objectives, dtype=dtype, ds_config=actor_ds)
@@ -127,21 +76,22 @@ class PPOTrainer:
         actor.eval(), critic.eval()  # dropout off: log-prob ratios must compare like with like
         self.trainable, self.total = count_parameters(actor)
 
-        def sched(opt: torch.optim.Optimizer) -> Any:
-            return get_scheduler(cfg.ppo.lr_scheduler, opt, num_warmup_steps=cfg.ppo.warmup_steps,
-                                 num_training_steps=cfg.total_steps * cfg.ppo.ppo_epochs *
-                                 (cfg.rollout_batch_size // cfg.mini_batch_size))
-
+        sched = cfg.ppo.scheduler(cfg.total_steps * cfg.ppo.ppo_epochs * (cfg.rollout_batch_size // cfg.mini_batch_size))
         self.actor = engine.initialize(actor, actor_ds, sched)
         self.critic = engine.initialize(critic, critic_ds, sched)
         self.synced_gpus = engine.zero_stage(actor_ds) == 3 and self.world > 1
         self.ptx = self._load_ptx()
-        self.norm = RunningMeanStd(len(cfg.objectives))
-        self.ideal = torch.tensor(cfg.tche_ideal) if cfg.tche_ideal is not None else None
-        self.step, self.bad_in_row, self.bad_total = 0, 0, 0
-        if cfg.resume_from:
-            self._resume()
-        self.tracker = Tracker(cfg.wandb, to_dict(cfg), str(self.out), active=engine.is_main())
+        self.scores = ScoreProcessor(cfg.objectives, cfg.ppo.score_clip)
+        self.ideal = IdealPoint(cfg.aggregation)
+        self.guard = FiniteGuard(cfg.objectives, cfg.max_bad_batches)
+        self.step = 0
+        if self.run.resume_path is not None:
+            self._load_state(self.run.load_checkpoint(self.engines))
+        self.tracker = self.run.start_tracking()
+
+    @property
+    def engines(self) -> dict[str, Any]:
+        return {"actor": self.actor, "critic": self.critic}
 
     # ------------------------------------------------------------------ setup helpers
     def _load_prompts(self) -> PromptStream:
@@ -159,21 +109,13 @@ class PPOTrainer:
         require_columns(rows, [self.cfg.ptx.text_column], self.cfg.ptx.path, hint="set ptx.text_column")
         return [str(t) for t in rows[self.cfg.ptx.text_column]]
 
-    def _resume(self) -> None:
-        path, _ = checkpoint.resolve_compatible(self.cfg.resume_from, self.out / "checkpoints", to_dict(self.cfg))
-        state = checkpoint.load(path, {"actor": self.actor, "critic": self.critic})
-        self.step, self.bad_in_row, self.bad_total = state["step"], state["bad_in_row"], state["bad_total"]
-        self.prompts.load_state_dict(state["prompts"])
-        self.norm.load_state_dict(state["normalizer"])
-        self.ideal = torch.tensor(state["ideal"]) if state["ideal"] is not None else None
-        if engine.is_main():  # metrics after the checkpoint will be logged again
-            metrics = self.out / "metrics.jsonl"
-            if metrics.is_file():
-                keep = [l for l in metrics.read_text().splitlines() if l and json.loads(l)["step"] <= self.step]
-                metrics.write_text("".join(l + "\n" for l in keep))
-            print(f"[ppo] resumed from {path} at step {self.step}", flush=True)
-
     # ------------------------------------------------------------------ phases
+    def _preference(self) -> torch.Tensor:
+        """(D,) shared by every rank, or (B, D) one per prompt; a skipped bad batch moves the draw on."""
+        cfg = self.cfg
+        return sample_preference(cfg.preference, len(cfg.objectives), cfg.seed, self.step + self.guard.total,
+                                 self.rank, cfg.rollout_batch_size)
+
     def _rollout(self, lam: torch.Tensor) -> Rollout:
         texts, raw = self.prompts.next()
         g = self.cfg.generation
@@ -182,18 +124,18 @@ class PPOTrainer:
                                 max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
                                 synced_gpus=self.synced_gpus, merge=g.merge_adapter, backend=self.generator)
 
-    def _values(self, model: Any, rollout: Rollout, lam: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) values at the positions that generate each response token."""
-        set_preference(self.critic.module, lam)
+    def _values(self, model: Any, rollout: Rollout) -> torch.Tensor:
+        """(B, T, D) values at the positions that generate each response token, under the rollout's lambda."""
         mask = rollout.attention_mask
-        values = model(rollout.sequences, mask, position_ids_from_mask(mask))                  # (B, L, D)
+        with scoped_preference(self.critic.module, rollout.preference):
+            values = model(rollout.sequences, mask, position_ids_from_mask(mask))              # (B, L, D)
         return values[:, rollout.prompt_length - 1:-1]                                         # (B, T, D)
 
     def _experience(self, rollout: Rollout, scores: torch.Tensor) -> Experience:
         p = self.cfg.ppo
         mask = rollout.response_mask.float()                                                   # (B, T)
         with torch.no_grad():
-            values = self._values(self.critic.module, rollout, rollout.preference) * mask.unsqueeze(-1)
+            values = self._values(self.critic.module, rollout) * mask.unsqueeze(-1)           # (B, T, D)
         rewards = token_rewards(scores.to(values), rollout.response_mask)                      # (B, T, D)
         kl, kl_reward = kl_rewards(rollout.old_logprobs, rollout.ref_logprobs, p.kl_coef, mask)  # (B, T) each
         advantages, returns = gae(rewards, values, mask, p.gamma, p.gae_lambda)                # (B, T, D) each
@@ -210,7 +152,37 @@ class PPOTrainer:
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
         return self.actor(**enc, labels=labels, use_cache=False).loss
 
-    def _update(self, exp: Experience) -> dict[str, float]:
+    def _actor_step(self, mb: Experience, stats: dict[str, list]) -> None:
+        """One actor micro-batch: forward and backward both under the micro-batch's own lambda."""
+        cfg, p = self.cfg, self.cfg.ppo
+        r, mask = mb.rollout, mb.rollout.response_mask.float()                                 # mask (b, T)
+        with scoped_preference(self.actor.module, r.preference):
+            logprobs, entropy = response_logprobs(self.actor, r.sequences, r.attention_mask, r.response_mask.shape[1],
+                                                  cfg.generation.temperature, with_entropy=True)
+            loss, s = policy_loss(logprobs, r.old_logprobs, mb.advantages, mb.kl_advantages, mask, r.preference,
+                                  self.aggregator, p.clip_ratio, self.ideal.value, cfg.aggregation.mu)
+            if self.ptx is not None:
+                ptx = self._ptx_loss()
+                loss = loss + cfg.ptx.coef * ptx
+                stats["ptx_loss"].append(ptx.item())
+            self.actor.backward(loss)
+        self.actor.step()
+        stats["policy_loss"].append(loss.item())
+        stats["clipfrac"].append(s["clipfrac"].item())
+        stats["approx_kl"].append(s["approx_kl"].item())
+        stats["entropy"].append(masked_mean(entropy, mask).item())
+        stats["surrogate"].append(s["surrogate"].cpu())
+
+    def _critic_step(self, mb: Experience, stats: dict[str, list]) -> None:
+        r = mb.rollout
+        with scoped_preference(self.critic.module, r.preference):
+            values = self._values(self.critic, r)                                              # (b, T, D)
+            vloss = value_loss(values, mb.values, mb.returns, r.response_mask.float(), self.cfg.ppo.value_clip)  # (D,)
+            self.critic.backward(vloss.sum())
+        self.critic.step()
+        stats["value_loss"].append(vloss.detach().cpu())
+
+    def _update(self, exp: Experience) -> dict[str, Any]:
         cfg, p = self.cfg, self.cfg.ppo
         stats: dict[str, list] = {k: [] for k in ("policy_loss", "clipfrac", "approx_kl", "entropy", "surrogate",
                                                    "value_loss", "ptx_loss")}
@@ -220,30 +192,9 @@ class PPOTrainer:
             order = torch.randperm(cfg.rollout_batch_size, generator=gen)
             for start in range(0, cfg.rollout_batch_size, cfg.micro_batch_size):
                 mb = exp.select(order[start:start + cfg.micro_batch_size]).trimmed()  # drop all-pad columns
-                r, mask = mb.rollout, mb.rollout.response_mask.float()                         # mask (b, T)
                 if train_actor:
-                    set_preference(self.actor.module, r.preference)
-                    logprobs, entropy = response_logprobs(self.actor, r.sequences, r.attention_mask,
-                                                          r.response_mask.shape[1],
-                                                          cfg.generation.temperature, with_entropy=True)
-                    loss, s = policy_loss(logprobs, r.old_logprobs, mb.advantages, mb.kl_advantages, mask,
-                                          r.preference, self.aggregator, p.clip_ratio, self.ideal, cfg.stche_mu)
-                    if self.ptx is not None:
-                        ptx = self._ptx_loss()
-                        loss = loss + cfg.ptx.coef * ptx
-                        stats["ptx_loss"].append(ptx.item())
-                    self.actor.backward(loss)
-                    self.actor.step()
-                    stats["policy_loss"].append(loss.item())
-                    stats["clipfrac"].append(s["clipfrac"].item())
-                    stats["approx_kl"].append(s["approx_kl"].item())
-                    stats["entropy"].append(masked_mean(entropy, mask).item())
-                    stats["surrogate"].append(s["surrogate"].cpu())
-                values = self._values(self.critic, r, r.preference)                             # (b, T, D)
-                vloss = value_loss(values, mb.values, mb.returns, mask, p.value_clip)           # (D,)
-                self.critic.backward(vloss.sum())
-                self.critic.step()
-                stats["value_loss"].append(vloss.detach().cpu())
+                    self._actor_step(mb, stats)
+                self._critic_step(mb, stats)
         out: dict[str, Any] = {k: float(np.mean(v)) for k, v in stats.items()
                                if v and not torch.is_tensor(v[0])}
         out["value_loss"] = torch.stack(stats["value_loss"]).mean(0)                          # (D,)
@@ -264,49 +215,26 @@ class PPOTrainer:
         return out
 
     def train_step(self) -> Optional[dict[str, Any]]:
-        cfg = self.cfg
-        D = len(cfg.objectives)
-        lam = sample_preference(cfg.preference, D, cfg.seed, self.step + self.bad_total, self.rank,
-                                cfg.rollout_batch_size)                                        # (D,) or (B, D)
+        """preference -> rollout -> scores -> experience -> update -> ideal point; None for a skipped batch."""
+        lam = self._preference()                                                               # (D,) or (B, D)
         t0 = time.perf_counter()
         rollout = self._rollout(lam)
         t1 = time.perf_counter()
         raw = self.scorer.raw(rollout.prompts, rollout.responses)                              # (B, D)
-        bad = engine.all_reduce_sum(torch.tensor([float((~torch.isfinite(raw)).any())], device=engine.device()))
-        if bad.item() > 0:
-            return self._skip_bad_batch(raw)
-        self.bad_in_row = 0
-        scores = raw
-        if any(o.normalize for o in cfg.objectives):
-            self.norm.update(raw)
-            normed = self.norm.normalize(raw)
-            use = torch.tensor([o.normalize for o in cfg.objectives])
-            scores = torch.where(use, normed, raw)
-        scores = scores.clamp(-cfg.ppo.score_clip, cfg.ppo.score_clip).to(engine.device())    # (B, D)
+        if not self.guard.ok(raw, self.step):
+            return None
+        scores = self.scores(raw).to(engine.device())                                          # (B, D)
         exp = self._experience(rollout, scores)
         t2 = time.perf_counter()
         upd = self._update(exp)
         self.generator.after_update(self.actor.module)  # a backend with its own weight copy syncs here
         t3 = time.perf_counter()
-        if self.aggregator.name != "ls" and cfg.tche_ideal is None and "surrogate" in upd:
-            surrogate = self._mean_over_ranks({"s": upd["surrogate"]})["s"].float()
-            self.ideal = surrogate if self.ideal is None else torch.maximum(self.ideal, surrogate)
+        if "surrogate" in upd:
+            self.ideal.update(self._mean_over_ranks({"s": upd["surrogate"]})["s"])
         self.step += 1
-        if cfg.sample_every and self.step % cfg.sample_every == 0:
+        if self.cfg.sample_every and self.step % self.cfg.sample_every == 0:
             self._log_samples(exp)
         return self._metrics(exp, raw, upd, (t1 - t0, t2 - t1, t3 - t2))
-
-    def _skip_bad_batch(self, raw: torch.Tensor) -> None:
-        self.bad_in_row += 1
-        self.bad_total += 1
-        warnings.warn(f"step {self.step}: NaN/inf scores from a score model ({self.bad_in_row} batch(es) in a row, "
-                      f"{self.bad_total} in total); batch skipped")
-        if self.bad_in_row >= self.cfg.max_bad_batches:
-            raise NonFiniteScoresError(
-                f"{self.bad_in_row} consecutive batches had NaN/inf scores (max_bad_batches="
-                f"{self.cfg.max_bad_batches}); stopping without a checkpoint. Check the score models: "
-                f"{[o.model for o in self.cfg.objectives]}")
-        return None
 
     def _metrics(self, exp: Experience, raw: torch.Tensor, upd: dict[str, Any],
                  times: tuple[float, float, float]) -> dict[str, Any]:
@@ -328,36 +256,39 @@ class PPOTrainer:
             m[f"train/return/{name}"] = g["return"][i].item()
             m[f"train/value_loss/{name}"] = g["value_loss"][i].item()
             m[f"train/lambda/{name}"] = g["lambda"][i].item()
-            if self.ideal is not None:
-                m[f"train/ideal/{name}"] = float(self.ideal[i])
+            if self.ideal.value is not None:
+                m[f"train/ideal/{name}"] = float(self.ideal.value[i])
         for k in ("policy_loss", "clipfrac", "approx_kl", "entropy", "ptx_loss"):
             if k in g:
                 m[f"train/{k}"] = g[k].item()
         m["train/kl"] = g["kl"].item()
         m["train/response_length"] = g["length"].item()
-        m["train/bad_batches"] = self.bad_total
+        m["train/bad_batches"] = self.guard.total
         m["time/generate"], m["time/score"], m["time/update"] = times
         m["perf/generate_tokens_per_s"] = g["tokens"].item() * self.world / max(times[0], 1e-9)
         return m
 
     # ------------------------------------------------------------------ persistence
     def _trainer_state(self) -> dict[str, Any]:
-        return {"step": self.step, "bad_in_row": self.bad_in_row, "bad_total": self.bad_total,
-                "prompts": self.prompts.state_dict(), "normalizer": self.norm.state_dict(),
-                "ideal": None if self.ideal is None else self.ideal.tolist(), "config": to_dict(self.cfg)}
+        return {"guard": self.guard.state_dict(), "prompts": self.prompts.state_dict(),
+                "normalizer": self.scores.state_dict(), "ideal": self.ideal.state_dict()}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.guard.load_state_dict(state["guard"])
+        self.prompts.load_state_dict(state["prompts"])
+        self.scores.load_state_dict(state["normalizer"])
+        self.ideal.load_state_dict(state["ideal"])
 
     def save_checkpoint(self) -> Path:
-        return checkpoint.save(self.out / "checkpoints", self.step, {"actor": self.actor, "critic": self.critic},
-                               self._trainer_state(), self.cfg.keep_last)
+        return self.run.save_checkpoint(self.step, self.engines, self._trainer_state())
 
     def save_final(self) -> Path:
         """``output_dir/policy``: adapter + tokenizer + run config (what evaluate.py and merging read)."""
         actor_state = engine.full_state_dict(self.actor, only_trainable=True)
         critic_state = engine.full_state_dict(self.critic, only_trainable=True)
-        final = self.out / "policy"
-        if engine.is_main():
-            tmp = self.out / ".policy.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
+
+        def write(tmp: Path) -> None:
             save_adapter(self.actor.module, tmp, state_dict=actor_state)
             self.tokenizer.save_pretrained(tmp)
             (tmp / "ppo_config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
@@ -365,22 +296,13 @@ class PPOTrainer:
                            preference=self.cfg.preference, eval_scorers=self.cfg.eval_scorers, step=self.step,
                            prompts_path=self.cfg.prompts.path)
             save_critic(self.critic.module, tmp / "critic", state=critic_state)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        engine.barrier()
-        return final
 
-    def _log(self, m: dict[str, Any]) -> None:
-        self.tracker.log({k: v for k, v in m.items() if k != "step"}, self.step)
-        if engine.is_main():
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(m) + "\n")
+        return self.run.save_result(write, subdir="policy")
 
     def _log_samples(self, exp: Experience) -> None:
         r = exp.rollout
         lam = r.preference.reshape(-1, exp.scores.shape[1]).expand(len(r.prompts), -1)
-        rows = [[self.step, [round(x, 3) for x in lam[i].tolist()], r.prompts[i], r.responses[i],
+        rows = [[self.step, [round(x, 3) for x in lam[i].tolist()], str(r.prompts[i]), r.responses[i],
                  [round(x, 3) for x in exp.scores[i].tolist()]] for i in range(min(4, len(r.prompts)))]
         self.tracker.table("samples", ["step", "lambda", "prompt", "response", "scores"], rows, self.step)
 
@@ -389,25 +311,28 @@ class PPOTrainer:
 
         cfg = self.cfg
         if engine.is_main():
-            self.out.mkdir(parents=True, exist_ok=True)
-            print(f"[ppo] {len(cfg.objectives)} objectives {list(cfg.objective_names)}, aggregation={cfg.aggregation}, "
-                  f"world size {self.world}, actor trainable {self.trainable:,} of {self.total:,} params", flush=True)
+            print(f"[ppo] {len(cfg.objectives)} objectives {list(cfg.objective_names)}, aggregation="
+                  f"{cfg.aggregation.name}, world size {self.world}, actor trainable {self.trainable:,} of "
+                  f"{self.total:,} params", flush=True)
         bar = tqdm(total=cfg.total_steps, initial=self.step, disable=not engine.is_main(), desc="ppo",
                    dynamic_ncols=True)
-        while self.step < cfg.total_steps:
-            m = self.train_step()
-            if m is None:
-                continue
-            bar.update(1)
-            if self.step % cfg.log_every == 0:
-                self._log(m)
-                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in m.items() if k.startswith("train/score")})
-            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.total_steps:
-                self.save_checkpoint()
-        bar.close()
-        self.save_checkpoint()
-        final = self.save_final()
-        self.tracker.finish()
+        try:
+            while self.step < cfg.total_steps:
+                m = self.train_step()
+                if m is None:
+                    continue
+                bar.update(1)
+                if self.step % cfg.log_every == 0:
+                    self.run.log(m, self.step)
+                    bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in m.items()
+                                     if k.startswith("train/score")})
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.total_steps:
+                    self.save_checkpoint()
+            bar.close()
+            self.save_checkpoint()
+            final = self.save_final()
+        finally:
+            self.run.close()
         if engine.is_main():
             print(f"[ppo] done: {final}", flush=True)
         return final

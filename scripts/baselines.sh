@@ -11,6 +11,7 @@
 # Extra arguments for train_ppo.py can be passed in PPO_ARGS; launcher in LAUNCH (default: python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/common.sh
 CONFIG=${1:?usage: bash scripts/baselines.sh CONFIG [STEPS] [OUT] [GRID]}
 STEPS=${2:-60}
 OUT=${3:-runs/baselines}
@@ -24,7 +25,8 @@ N=$(python -c "import json; print(len($prefs_json))")
 train() {  # name steps [overrides...]
   local name=$1 steps=$2; shift 2
   if [ -f "$OUT/$name/policy/run.json" ]; then echo "[baselines] $name done, skipping"; return; fi
-  $LAUNCH rlhf/train_ppo.py --config "$CONFIG" --output_dir "$OUT/$name" --total_steps "$steps" $PPO_ARGS "$@"
+  $LAUNCH rlhf/train_ppo.py --config "$CONFIG" --output_dir "$OUT/$name" --total_steps "$steps" $PPO_ARGS "$@" \
+    $(again "$OUT/$name")
 }
 echo "[baselines] budget: $STEPS PPO steps per method (D=$D objectives, DPS on $N grid points)"
 train panacea "$STEPS"

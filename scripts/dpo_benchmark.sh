@@ -4,13 +4,15 @@
 #   bash scripts/dpo_benchmark.sh [STEPS] [OUT] [SEED]      (run scripts/quickstart.sh first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/common.sh
 STEPS=${1:-90}; OUT=${2:-runs/dpo_benchmark}; SEED=${3:-0}; QS=${QUICKSTART_OUT:-runs/quickstart}
 COMMON="--config configs/dpo_hh.yaml --model_name_or_path $QS/sft --data.path $QS/data/preferences.jsonl
         --seed $SEED --wandb.mode disabled"
 OBJ="[{name: helpful, model: $QS/rm_helpful, kind: reward}, {name: harmless, model: $QS/cm_harmless, kind: cost}]"
 EVAL="--prompts $QS/data/eval_prompts.jsonl --n_prompts 64 --max_new_tokens 40 --max_prompt_length 32 --grid 0.25
       --no_wandb --seed $SEED"
-run() { [ -f "$OUT/$1/policy/run.json" ] || python rlhf/train_dpo.py $COMMON --objectives "$OBJ" --output_dir "$OUT/$1" "${@:2}"; }
+run() { [ -f "$OUT/$1/policy/run.json" ] || python rlhf/train_dpo.py $COMMON --objectives "$OBJ" --output_dir "$OUT/$1" \
+  "${@:2}" $(again "$OUT/$1"); }
 run ls --max_steps "$STEPS" --aggregation ls
 run tche --max_steps "$STEPS" --aggregation tche
 run rs_0 --max_steps $((STEPS / 2)) --preference.mode fixed --preference.fixed "[1.0,0.0]"

@@ -16,25 +16,26 @@ for f in configs/quickstart/*.yaml; do  # the shipped configs, re-rooted under $
   sed "s#runs/quickstart#$OUT#g" "$f" > "$OUT/configs/$(basename "$f")"
 done
 stage() { echo; echo "=== [quickstart $(date +%T)] $1"; echo "+ ${*:2}"; }
+source scripts/common.sh  # again DIR: how to restart an interrupted stage
 T0=$(date +%s)
 
 if [ ! -f "$OUT/init/config.json" ]; then
-  stage "1/6 data, tokenizer, random-init base" python -m rlhf.hh_task --out "$OUT"
-  python -m rlhf.hh_task --out "$OUT" > /dev/null
+  stage "1/6 data, tokenizer, random-init base" python -m hhbench --out "$OUT"
+  python -m hhbench --out "$OUT" > /dev/null
 fi
 if [ ! -f "$OUT/sft/sft_summary.json" ]; then
-  stage "2/6 SFT" python rlhf/train_sft.py --config "$OUT/configs/sft.yaml" ${SFT_ARGS:-}
-  python rlhf/train_sft.py --config "$OUT/configs/sft.yaml" ${SFT_ARGS:-}
+  stage "2/6 SFT" python rlhf/train_sft.py --config "$OUT/configs/sft.yaml" ${SFT_ARGS:-} $(again "$OUT/sft")
+  python rlhf/train_sft.py --config "$OUT/configs/sft.yaml" ${SFT_ARGS:-} $(again "$OUT/sft")
 fi
 for dim in rm_helpful cm_harmless; do
   if [ ! -f "$OUT/$dim/dimension.json" ]; then
-    stage "3/6 $dim" $LAUNCH reward_models/train.py --config "$OUT/configs/$dim.yaml" ${RM_ARGS:-}
-    $LAUNCH reward_models/train.py --config "$OUT/configs/$dim.yaml" ${RM_ARGS:-}
+    stage "3/6 $dim" $LAUNCH reward_models/train.py --config "$OUT/configs/$dim.yaml" ${RM_ARGS:-} $(again "$OUT/$dim")
+    $LAUNCH reward_models/train.py --config "$OUT/configs/$dim.yaml" ${RM_ARGS:-} $(again "$OUT/$dim")
   fi
 done
 if [ ! -f "$OUT/ppo/policy/run.json" ]; then
-  stage "4/6 Panacea PPO" $LAUNCH rlhf/train_ppo.py --config "$OUT/configs/ppo.yaml" ${PPO_ARGS:-}
-  $LAUNCH rlhf/train_ppo.py --config "$OUT/configs/ppo.yaml" ${PPO_ARGS:-}
+  stage "4/6 Panacea PPO" $LAUNCH rlhf/train_ppo.py --config "$OUT/configs/ppo.yaml" ${PPO_ARGS:-} $(again "$OUT/ppo")
+  $LAUNCH rlhf/train_ppo.py --config "$OUT/configs/ppo.yaml" ${PPO_ARGS:-} $(again "$OUT/ppo")
 fi
 if [ ! -f "$OUT/eval/pareto.json" ]; then
   EVAL="python rlhf/evaluate.py --run $OUT/ppo --prompts $OUT/data/eval_prompts.jsonl --grid 0.1 --with_base
@@ -42,8 +43,8 @@ if [ ! -f "$OUT/eval/pareto.json" ]; then
   stage "5/6 Pareto front (learned models + oracles)" $EVAL
   $EVAL
 fi
-stage "6/6 report" python -m rlhf.hh_task --report "$OUT/eval/pareto.json" --prompts "$OUT/data/eval_prompts.jsonl"
-python -m rlhf.hh_task --report "$OUT/eval/pareto.json" --prompts "$OUT/data/eval_prompts.jsonl"
+stage "6/6 report" python -m hhbench --report "$OUT/eval/pareto.json" --prompts "$OUT/data/eval_prompts.jsonl"
+python -m hhbench --report "$OUT/eval/pareto.json" --prompts "$OUT/data/eval_prompts.jsonl"
 python - "$OUT/eval/pareto.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))

@@ -11,7 +11,7 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "pana
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from rlhf.tiny import build_tokenizer, tiny_causal_lm  # noqa: E402
+from hhbench.tiny import build_tokenizer, tiny_causal_lm  # noqa: E402
 
 torch.set_num_threads(2)
 

@@ -5,7 +5,7 @@ import random
 import sys
 from pathlib import Path
 
-from rlhf.tiny import build_tokenizer, tiny_causal_lm
+from hhbench.tiny import build_tokenizer, tiny_causal_lm
 
 BENIGN = ["bake bread", "plant tomatoes", "learn chess", "fix a bike tyre", "write a poem", "save money",
           "train a puppy", "paint a wall", "cook rice", "study for exams"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rlhf.config import ConfigError, load_config
-from rlhf.evaluate import build_parser, evaluate
+from rlhf.evaluate import evaluate, parse_args
 from rlhf.train_dpo import DPOConfig, dpo_losses, train
 
 
@@ -69,7 +69,7 @@ def test_each_dimension_learns_at_its_vertex_and_run_evaluates(world, tmp_path, 
         assert summary["final_eval"][key] >= 0.8 and summary["final_eval"][key] > summary["initial_eval"][key]
     assert summary["final_loss"] < summary["first_loss"]
     if aggregation == "ls":
-        front = evaluate(build_parser().parse_args(
+        front = evaluate(parse_args(
             ["--run", str(tmp_path / "dpo"), "--grid", "0.5", "--n_prompts", "4", "--max_new_tokens", "6",
              "--prompts", str(tmp_path / "pairs.jsonl"), "--no_wandb", "--out", str(tmp_path / "eval")]))
         assert np.asarray(front["points"]).shape == (3, 2)
@@ -84,11 +84,11 @@ def test_dpo_config_errors(world, tmp_path):
 def test_resume_refuses_a_changed_config_and_a_missing_checkpoint(world, tmp_path):
     from rlhf.checkpoint import ResumeError
 
-    with pytest.raises(ResumeError, match="no checkpoint in .*dpo_checkpoints"):
+    with pytest.raises(ResumeError, match="no checkpoint in .*dpo/checkpoints"):
         train(_cfg(world, tmp_path, "--resume_from", "latest"))
     train(_cfg(world, tmp_path, "--max_steps", "2", "--save_every", "1"))
-    assert (tmp_path / "dpo_checkpoints" / "latest").read_text() == "step_00000001"  # none at the final step
-    with pytest.raises(ResumeError, match=r"beta: checkpoint 0.1 vs now 0.5"):
+    assert (tmp_path / "dpo" / "checkpoints" / "latest").read_text() == "step_00000001"  # none at the final step
+    with pytest.raises(ResumeError, match=r"beta: 0.1 -> 0.5"):
         train(_cfg(world, tmp_path, "--max_steps", "2", "--beta", "0.5", "--resume_from", "latest"))
 
 
@@ -114,7 +114,7 @@ def test_sigkill_then_resume_takes_the_same_steps(world, tmp_path):
     proc = subprocess.Popen(cmd("killed"), cwd=ROOT, env=clean_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (tmp_path / "killed_checkpoints" / "latest").is_file():
+    while not (tmp_path / "killed" / "checkpoints" / "latest").is_file():
         assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -130,10 +130,19 @@ def test_sigkill_then_resume_takes_the_same_steps(world, tmp_path):
     assert b["final_eval"] == pytest.approx(a["final_eval"])
     # The step-0 evaluation is carried in the checkpoint, not recomputed. (It is not compared with the full run's:
     # at initialisation the DPO margins are ~1e-7, so their signs vary between processes.)
-    ckpts = tmp_path / "killed_checkpoints"
+    ckpts = tmp_path / "killed" / "checkpoints"
     saved = json.loads((ckpts / (ckpts / "latest").read_text() / "trainer_state.json").read_text())
     assert b["initial_eval"] == saved["result"]["initial_eval"]
     wa, wb = (load_file(str(tmp_path / n / "policy" / "adapter_model.safetensors")) for n in ("full", "killed"))
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6)
+
+
+def test_dpo_forward_runs_under_the_lambda_that_weights_its_loss(world, tmp_path, monkeypatch):
+    from tests.test_sft import assert_forwards_run_under_their_loss_lambda, record_forward_and_loss_preferences
+
+    forwards, losses = record_forward_and_loss_preferences(monkeypatch)
+    train(_cfg(world, tmp_path, "--max_steps", "3", "--preference.vertex_prob", "0.0"))
+    assert len(losses) == 3
+    assert_forwards_run_under_their_loss_lambda(forwards, losses)

@@ -7,7 +7,7 @@ import torch
 from rlhf.generation import BACKENDS, compiled_graphs, make_backend
 from rlhf.rollout import decode_responses, generate
 from rlhf.svd_lora import SVDLoRAConfig, apply_svd_lora, set_preference
-from rlhf.tiny import tiny_causal_lm
+from hhbench.tiny import tiny_causal_lm
 from tests.test_ppo import load, make_config
 
 GREEDY = dict(max_new_tokens=10, do_sample=False, temperature=1.0, top_p=1.0, pad_token_id=0, eos_token_id=1)
@@ -87,7 +87,7 @@ def test_ppo_runs_with_the_compiled_backend_and_refuses_it_under_zero3(world, tm
     from rlhf.trainer import PPOTrainer
 
     gen = {"max_new_tokens": 8, "backend": "hf_static_compile", "compile_backend": "eager"}
-    with pytest.raises(ValueError, match="generation.backend 'hf_static_compile' needs ZeRO stage 0-2"):
+    with pytest.raises(ValueError, match="generation.backend': 'hf_static_compile' needs ZeRO stage 0-2"):
         PPOTrainer(load(make_config(world, tmp_path / "z3", generation=gen, ds_config="ds_configs/zero3.json")))
     trainer = PPOTrainer(load(make_config(world, tmp_path / "ppo", generation=gen, total_steps=2)))
     trainer.train()

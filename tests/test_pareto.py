@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf.compare_fronts import compare
-from rlhf.evaluate import build_parser, evaluate
+from rlhf.evaluate import evaluate, parse_args
 from rlhf.pareto import FrontError, grid, hypervolume, inner_product, non_dominated, sparsity, spacing
 from rlhf.preference import PreferenceConfig
 from rlhf.runs import write_run_info
@@ -93,7 +93,7 @@ def make_run(world, path, fixed=None, seed=0):
 
 
 def run_eval(*argv):
-    return evaluate(build_parser().parse_args([*argv, "--no_wandb", "--n_prompts", "6", "--max_new_tokens", "6",
+    return evaluate(parse_args([*argv, "--no_wandb", "--n_prompts", "6", "--max_new_tokens", "6",
                                                "--batch_size", "3"]))
 
 

@@ -132,7 +132,7 @@ def test_trimmed_micro_batch_drops_pad_columns_and_keeps_every_real_token():
     from rlhf.batch import Experience, Rollout
     from rlhf.critic import ValueModel
     from rlhf.rollout import position_ids_from_mask, response_logprobs
-    from rlhf.tiny import tiny_causal_lm
+    from hhbench.tiny import tiny_causal_lm
 
     torch.manual_seed(0)
     B, P, T, D = 3, 5, 6, 2

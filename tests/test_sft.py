@@ -41,3 +41,66 @@ def test_sft_config_and_data_errors(world, tmp_path):
                                         "--wandb.mode", "disabled", "--output_dir", str(tmp_path / "o")])
     with pytest.raises(DataError, match=r"lacks column\(s\) \['answer'\]"):
         train(cfg)
+
+
+def _panacea_sft(world, tmp_path, *extra):
+    return load_config(SFTConfig, None, [
+        "--model_name_or_path", str(world / "base"), "--output_dir", str(tmp_path / "psft"),
+        "--data.path", str(_data(tmp_path)), "--objectives", "[short, long]", "--data.response_columns",
+        "[short, long]", "--adapter.rank", "4", "--adapter.pref_dim", "2", "--precision", "fp32", "--lr", "1e-2",
+        "--max_steps", "4", "--micro_batch_size", "8", "--eval_every", "2", "--log_every", "1",
+        "--wandb.mode", "disabled", *extra])
+
+
+def record_forward_and_loss_preferences(monkeypatch):
+    """(lambda in each training forward of an adapted layer, lambda each aggregated loss was weighted with)."""
+    import torch
+
+    from rlhf.aggregation import Aggregator
+    from rlhf.svd_lora import SVDLoRALayer
+
+    forwards, losses = [], []
+    layer_forward, aggregate = SVDLoRALayer.forward, Aggregator.__call__
+
+    def forward(self, x):
+        if torch.is_grad_enabled():  # training forwards (evaluation runs under no_grad)
+            pref = self.preference
+            forwards.append((len(losses), None if pref is None else pref.detach().cpu().clone()))
+        return layer_forward(self, x)
+
+    def call(self, values, lam, *a, **kw):
+        losses.append(lam.detach().cpu().clone())
+        return aggregate(self, values, lam, *a, **kw)
+
+    monkeypatch.setattr(SVDLoRALayer, "forward", forward)
+    monkeypatch.setattr(Aggregator, "__call__", call)
+    return forwards, losses
+
+
+def assert_forwards_run_under_their_loss_lambda(forwards, losses):
+    import torch
+
+    assert losses and forwards
+    for k, lam in enumerate(losses):  # forwards recorded before loss k was aggregated belong to step k
+        mine = [p for step, p in forwards if step == k]
+        assert mine, f"step {k} had no training forward"
+        for p in mine:
+            assert p is not None and torch.equal(p.float(), lam.float()), (k, p, lam)
+
+
+@pytest.mark.parametrize("aggregation", ["ls", "tche"])
+def test_panacea_sft_forward_runs_under_the_lambda_that_weights_its_loss(world, tmp_path, monkeypatch, aggregation):
+    forwards, losses = record_forward_and_loss_preferences(monkeypatch)
+    train(_panacea_sft(world, tmp_path, "--aggregation", aggregation, "--preference.vertex_prob", "0.0"))
+    assert len(losses) == 4 and len({tuple(l.tolist()) for l in losses}) == 4  # a new lambda every step
+    assert_forwards_run_under_their_loss_lambda(forwards, losses)
+
+
+def test_panacea_sft_resumes_from_a_checkpoint(world, tmp_path):
+    out = train(_panacea_sft(world, tmp_path, "--save_every", "2"))
+    first = json.loads((out / "sft_summary.json").read_text())
+    assert (tmp_path / "psft" / "checkpoints" / "latest").read_text() == "step_00000002"
+    resumed = train(_panacea_sft(world, tmp_path, "--save_every", "2", "--resume_from", "latest"))
+    again = json.loads((resumed / "sft_summary.json").read_text())
+    assert again["resumed_from"] and again["steps"] == 4
+    assert again["losses"] == pytest.approx(first["losses"], rel=1e-5)
