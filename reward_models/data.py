@@ -18,7 +18,8 @@ from typing import Any, Literal, Optional
 import torch
 
 from rlhf.config import check, doc_field
-from rlhf.data import DEFAULT_TEMPLATE, DataError, encode, format_conversation, load_rows, pad_batch, require_columns
+from rlhf.data import (DEFAULT_TEMPLATE, DataError, check_no_nulls, encode, format_conversation, load_rows, pad_batch,
+                       require_columns)
 
 SCHEMA_COLUMNS = {
     "pku_saferlhf": ["prompt", "response_0", "response_1", "better_response_id", "safer_response_id",
@@ -79,6 +80,9 @@ def build_pairs(ds: Any, schema: str, kind: str, path: str, column_map: Optional
         ds = ds.rename_columns({src: ours for ours, src in column_map.items() if src != ours})
     require_columns(ds, SCHEMA_COLUMNS[schema], path,
                     hint=f"schema '{schema}' needs {SCHEMA_COLUMNS[schema]}; map other names with data.column_map")
+    text_columns = ["prompt", "response_0", "response_1"] if schema == "pku_saferlhf" else ["prompt", "chosen",
+                                                                                          "rejected"]
+    check_no_nulls(ds, text_columns, path)
     pairs: list[Pair] = []
     if schema == "pku_saferlhf":
         id_col = "better_response_id" if kind == "reward" else "safer_response_id"

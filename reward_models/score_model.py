@@ -16,7 +16,8 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from rlhf.data import encode, ensure_pad_token, pad_batch
+from rlhf.data import check_tokenizer_fits, encode, ensure_pad_token, pad_batch
+from rlhf.paths import is_local
 
 DIMENSION_FILE = "dimension.json"
 SAFE_RLHF_ARCHS = {"LlamaModelForScore"}
@@ -86,6 +87,8 @@ def load_score_model(path: str, dtype: Optional[torch.dtype] = None) -> tuple[nn
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     local = Path(path)
+    if not local.is_dir() and is_local(path):
+        raise ScoreModelError(f"score model {path!r}: no such directory (a local path; hub ids look like org/name)")
     meta = read_dimension(path) if local.is_dir() else {}
     try:
         if not local.is_dir() and _is_safe_rlhf(AutoConfig.from_pretrained(path).to_dict()):
@@ -104,12 +107,21 @@ def load_score_model(path: str, dtype: Optional[torch.dtype] = None) -> tuple[nn
             if getattr(config, "num_labels", 1) != 1:
                 raise ScoreModelError(f"score model {path!r} has num_labels={config.num_labels}; a score model "
                                       f"must output one scalar (num_labels=1)")
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+            model, info = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1,
+                                                                              output_loading_info=True)
+            persistent = set(model.state_dict())
+            missing = [k for k in info.get("missing_keys", []) if k in persistent]
+            if missing:  # a head transformers would initialise at random: scores would be noise
+                raise ScoreModelError(
+                    f"score model {path!r} lacks {sorted(missing)[:5]} in its checkpoint, so its head would be random "
+                    f"(is it a causal LM rather than a trained score model?). Train one with reward_models/train.py "
+                    f"or convert safe-rlhf weights with reward_models/convert_safe_rlhf.py")
     except ScoreModelError:
         raise
     except Exception as err:
         raise ScoreModelError(f"cannot load score model {path!r} as AutoModelForSequenceClassification: {err}") from err
     ensure_pad_token(tokenizer, f"tokenizer of {path!r}")
+    check_tokenizer_fits(tokenizer, model.config, f"score model {path!r}")
     model.config.pad_token_id = tokenizer.pad_token_id
     if dtype is not None:
         model.to(dtype)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import torch
 
@@ -28,6 +28,8 @@ from reward_models.score_model import DIMENSION_FILE, end_scores, write_dimensio
 @dataclass(frozen=True)
 class ScoreTrainConfig(SupervisedConfig):
     """One score model: the shared training fields (rlhf/loop.py) plus what to score and how."""
+
+    PATH_FIELDS: ClassVar[dict[str, str]] = {'data.path': 'data', 'data.eval_path': 'data'}
 
     name: str = doc_field("helpful", "objective name recorded in dimension.json (e.g. helpful, harmless)")
     kind: Literal["reward", "cost"] = doc_field("reward", "reward: higher = better; cost: higher = worse")
@@ -86,7 +88,7 @@ def train(cfg: ScoreTrainConfig) -> dict[str, Any]:
         model.config.pad_token_id = tokenizer.pad_token_id
         return model
 
-    model_engine = build_engine(cfg, load, total_steps)
+    model_engine = build_engine(cfg, load, total_steps, tokenizer=tokenizer)
     run.start_tracking()
     world, dev = engine.world_size(), engine.device()
 

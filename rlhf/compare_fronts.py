@@ -22,7 +22,12 @@ from rlhf.pareto import FrontError, all_metrics, default_reference, parse_refere
 
 def compare(paths: list[str], out: str, reference: Optional[str] = None, scorer: Optional[str] = None
             ) -> dict[str, Any]:
-    fronts = [json.loads(Path(p).read_text()) for p in paths]
+    fronts = []
+    for p in paths:
+        try:
+            fronts.append(json.loads(Path(p).read_text()))
+        except (OSError, ValueError) as err:
+            raise FrontError(f"cannot read front {p}: {err}") from None
     names = fronts[0]["objectives"]
     for p, f in zip(paths, fronts):
         if f["objectives"] != names:
@@ -33,6 +38,10 @@ def compare(paths: list[str], out: str, reference: Optional[str] = None, scorer:
         if scorer is not None and scorer not in f.get("extra_points", {}):
             raise FrontError(f"{p} has no extra_points[{scorer!r}] (it has {sorted(f.get('extra_points', {}))})")
         pts = np.asarray(f["extra_points"][scorer] if scorer else f["points"], float)
+        if not np.isfinite(pts).all():
+            bad = np.where(~np.isfinite(pts).all(axis=1))[0].tolist()
+            raise FrontError(f"{p} ({f['method']}): points {bad[:5]} scored by {scorer or 'the score models'} are "
+                             f"NaN/inf; re-evaluate that front (evaluate.py leaves non-finite scores out of its means)")
         name = f["method"]
         while name in methods:
             name += "'"

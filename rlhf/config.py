@@ -118,6 +118,8 @@ def _convert(value: Any, tp: Any, name: str) -> Any:
             raise ConfigError(f"config field '{name}': expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _looks_like_float(value.strip()):
+            return float(value)  # YAML 1.1 (PyYAML) reads 1e-3 as a string; as a number field it is 0.001
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config field '{name}': expected a number, got {value!r}")
         return float(value)
@@ -238,7 +240,20 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist; pass --config PATH to a YAML file")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raw = path.read_bytes()
+            line = raw[:err.start].count(b"\n") + 1
+            raise ConfigError(f"config file {str(path)!r} line {line} is not UTF-8 (byte {raw[err.start]:#04x}); "
+                              f"save it as UTF-8") from None
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"config file {str(path)!r}{where}: YAML syntax error: {problem}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a YAML mapping of fields, got {type(loaded).__name__}")
         data = loaded

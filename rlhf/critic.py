@@ -57,14 +57,15 @@ def critic_trainable_state(critic: ValueModel) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_critic(critic: ValueModel, path: str | Path, state: Optional[dict[str, torch.Tensor]] = None) -> None:
+def save_critic(critic: ValueModel, path: str | Path, state: Optional[dict[str, torch.Tensor]] = None,
+                fingerprint: Optional[str] = None) -> None:
     """Adapter of the backbone (same format as the actor's) + value heads; ``state`` may hold gathered tensors."""
     from safetensors.torch import save_file
 
     path = Path(path)
     state = state if state is not None else critic_trainable_state(critic)
     adapter = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    save_adapter(critic.backbone, path, state_dict=adapter)
+    save_adapter(critic.backbone, path, state_dict=adapter, fingerprint=fingerprint)
     save_file({k[len("value_head."):]: v.detach().cpu().contiguous() for k, v in state.items()
                if k.startswith("value_head.")}, str(path / HEAD_FILE))
     (path / "critic.json").write_text(json.dumps({"num_objectives": critic.value_head.out_features}))

@@ -31,6 +31,8 @@ def load_rows(path: str, split: str = "train", max_samples: Optional[int] = None
             raise DataError(f"data file {path!r} does not exist")
         if local.stat().st_size == 0:
             raise DataError(f"dataset {path!r} is empty")
+        if local.suffix != ".parquet":
+            _check_utf8(local)
         try:
             ds = datasets.load_dataset(LOCAL_FORMATS[local.suffix], data_files=str(local), split="train")
         except Exception as err:
@@ -50,6 +52,16 @@ def load_rows(path: str, split: str = "train", max_samples: Optional[int] = None
     if max_samples is not None:
         ds = ds.select(range(min(max_samples, len(ds))))
     return ds
+
+
+def _check_utf8(path: Path) -> None:
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        row = raw[:err.start].count(b"\n") + 1
+        raise DataError(f"data file {str(path)!r} line {row} is not UTF-8 (byte {raw[err.start]:#04x} at offset "
+                        f"{err.start}); re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
 
 
 def require_columns(ds: Any, columns: Sequence[str], path: str, hint: str = "") -> None:
@@ -72,6 +84,38 @@ def format_conversation(tokenizer: Any, prompt: str, response: str, template: st
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False)
     return template.format(prompt=prompt) + " " + response
+
+
+def check_tokenizer_fits(tokenizer: Any, model_config: Any, what: str) -> None:
+    """Refuse a tokenizer whose ids run past the model's embedding table (an index error deep in the first forward,
+    or silently wrong tokens). Reads only the config: runs before any weights load."""
+    config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise DataError(f"{what}: its tokenizer has {len(tokenizer)} tokens but the model's embeddings hold "
+                        f"{vocab}; pass the tokenizer the model was trained with (or resize the model's embeddings)")
+
+
+def check_no_nulls(rows: Any, columns: Sequence[str], path: str) -> None:
+    """Refuse a null (missing) value in a text column, naming the row and the column."""
+    for column in columns:
+        for i, v in enumerate(rows[column]):
+            if v is None:
+                raise DataError(f"dataset {path!r} row {i}: column {column!r} is null; fill it or drop the row")
+
+
+def prompt_column(rows: Any, column: str, path: str) -> list[Any]:
+    """The prompts of a dataset column, empty ones dropped with a counted warning; all empty is an error."""
+    values = list(rows[column])
+    empty = [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip())]
+    if len(empty) == len(values):
+        raise DataError(f"dataset {path!r}: every one of its {len(values)} prompts in column {column!r} is empty")
+    if empty:
+        warnings.warn(f"dataset {path!r}: dropped {len(empty)} of {len(values)} empty prompts in column {column!r} "
+                      f"(rows {empty[:5]}{'...' if len(empty) > 5 else ''})")
+        drop = set(empty)
+        values = [v for i, v in enumerate(values) if i not in drop]
+    return values
 
 
 def ensure_pad_token(tokenizer: Any, name: str = "tokenizer") -> None:

@@ -282,3 +282,13 @@ def full_state_dict(model: Any, only_trainable: bool = False) -> dict[str, torch
             if buf is not None and name in persistent:
                 state[name] = buf.detach().to("cpu", copy=True)
     return state
+
+
+def base_fingerprint(model: Any) -> str:
+    """``svd_lora.base_fingerprint`` of an engine's (or module's) base weights, gathering ZeRO-3 partitions.
+    Collective under ZeRO-3: every rank calls it."""
+    from rlhf.svd_lora import base_fingerprint as fingerprint
+
+    if hasattr(model, "empty_partition_cache") and model.zero_optimization_stage() == 3:
+        model.empty_partition_cache()
+    return fingerprint(getattr(model, "module", model), gather=gathered)

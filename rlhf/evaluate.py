@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from rlhf.config import ConfigError, check, describe, doc_field, load_config, split_config_arg
-from rlhf.data import DataError, ensure_pad_token, format_prompt, load_rows, require_columns
+from rlhf.data import (DataError, check_tokenizer_fits, ensure_pad_token, format_prompt, load_rows, prompt_column,
+                       require_columns)
 from rlhf.generation import SamplingFields, make_backend
 from rlhf.pareto import FrontError, all_metrics, default_reference, grid, parse_reference, plot_fronts
 from rlhf.rollout import decode_responses, generate
@@ -67,6 +68,9 @@ class EvalConfig(SamplingFields):
               f"must be one of {sorted(METHODS)}, got {self.method!r}")
         check(self.method is not None or len(self.run) == 1, "method", "several --run given: say --method dps or rs")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(0 < self.grid <= 1 and abs(round(1 / self.grid) * self.grid - 1) < 1e-9, "grid",
+              f"must divide 1 (e.g. 0.1, 0.25, 0.5), got {self.grid}")
+        check(self.n_prompts >= 1, "n_prompts", f"must be >= 1, got {self.n_prompts}")
         check(all("=" in s for s in self.scorer), "scorer", f"entries are NAME=module:function, got {list(self.scorer)}")
 
     @property
@@ -100,7 +104,7 @@ class FrontGenerator:
     """Responses per (preference, prompt) for one base model carrying the run's adapter."""
 
     def __init__(self, runs: Sequence[RunInfo], cfg: EvalConfig) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         self.runs, self.cfg = list(runs), cfg
         base = runs[0].base_model
@@ -108,6 +112,7 @@ class FrontGenerator:
             raise ValueError(f"runs were trained from different base models: {[r.base_model for r in runs]}")
         self.tokenizer = AutoTokenizer.from_pretrained(runs[0].path)
         ensure_pad_token(self.tokenizer)
+        check_tokenizer_fits(self.tokenizer, AutoConfig.from_pretrained(base), f"base model {base!r}")
         self.model = AutoModelForCausalLM.from_pretrained(base).eval()
         load_adapter(self.model, runs[0].path, expected_pref_dim=len(runs[0].objectives))
         self.gen_kwargs = dict(max_prompt_length=cfg.max_prompt_length, max_new_tokens=cfg.max_new_tokens,
@@ -214,14 +219,42 @@ METHODS: dict[str, Callable[..., tuple[list[list[float]], list[list[str]]]]] = {
     "panacea": panacea_front, "dps": dps_front, "rs": soups_front}
 
 
-def score_front(scorer: Scorer, extra: dict[str, Callable], raw_prompts: list[str],
-                responses: list[list[str]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Mean score per preference: points (P, D) from the score models, and per extra scorer."""
+class _FiniteMeans:
+    """Means over (prompt) rows that leave out rows with NaN/inf scores, counted per scorer and reported once."""
+
+    def __init__(self) -> None:
+        self.skipped: dict[str, list[int]] = {}
+
+    def __call__(self, values: np.ndarray, scorer: str, pref: Any) -> np.ndarray:
+        """values: (N, D) one scorer's scores of N responses -> (D,) the mean over rows that are finite."""
+        ok = np.isfinite(values).all(axis=1)                                                   # (N,)
+        counts = self.skipped.setdefault(scorer, [0, 0])
+        counts[0] += int((~ok).sum())
+        counts[1] += len(ok)
+        if not ok.any():
+            raise FrontError(f"scorer {scorer!r} gave NaN/inf scores for every response at preference {pref}; "
+                             f"check that scorer (a score model's weights, or an extra scorer's code)")
+        return values[ok].mean(0)
+
+    def warn(self) -> None:
+        for scorer, (bad, total) in self.skipped.items():
+            if bad:
+                warnings.warn(f"scorer {scorer!r} gave NaN/inf scores for {bad} of {total} (preference, prompt) "
+                              f"pairs; those pairs were left out of its means")
+
+
+def score_front(scorer: Scorer, extra: dict[str, Callable], raw_prompts: list[str], responses: list[list[str]],
+                prefs: Optional[Sequence[Any]] = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Mean score per preference: points (P, D) from the score models, and per extra scorer. Responses with
+    non-finite scores are left out of a point's mean (counted, named by scorer); a point with none left is refused."""
+    mean = _FiniteMeans()
     points, extra_points = [], {name: [] for name in extra}
-    for texts in responses:
-        points.append(scorer.raw(raw_prompts, texts).float().mean(0).numpy())
+    for j, texts in enumerate(responses):
+        pref = prefs[j] if prefs is not None else "base"
+        points.append(mean(scorer.raw(raw_prompts, texts).float().numpy(), "score models", pref))
         for name, fn in extra.items():
-            extra_points[name].append(np.asarray(fn(raw_prompts, texts), float).mean(0))
+            extra_points[name].append(mean(np.asarray(fn(raw_prompts, texts), float), name, pref))
+    mean.warn()
     return np.stack(points), {k: np.stack(v) for k, v in extra_points.items()}
 
 
@@ -242,7 +275,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             raise DataError("pass --prompts DATA (held-out prompts to evaluate on)")
     rows = load_rows(prompts_path, cfg.split, cfg.n_prompts)
     require_columns(rows, [cfg.prompt_column], prompts_path, hint="set --prompt_column")
-    raw = [str(p) for p in rows[cfg.prompt_column]]
+    raw = [str(p) for p in prompt_column(rows, cfg.prompt_column, prompts_path)]
     scorer = Scorer([ObjectiveConfig(**o) for o in runs[0].objectives])
     extra_specs = {**runs[0].eval_scorers, **dict(s.split("=", 1) for s in cfg.scorer)}
     extra = {name: load_callable(spec) for name, spec in extra_specs.items()}
@@ -251,7 +284,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     gen = FrontGenerator(runs, cfg)
     texts = [format_prompt(gen.tokenizer, p) for p in raw]
     prefs, responses = METHODS[method](gen, prefs, texts)
-    points, extra_points = score_front(scorer, extra, raw, responses)
+    points, extra_points = score_front(scorer, extra, raw, responses, prefs)
     base_point, base_extra = None, {}
     if cfg.with_base:
         bp, be = score_front(scorer, extra, raw, [gen.base(texts)])

@@ -15,14 +15,16 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import torch
 
 from rlhf import engine
 from rlhf.batch import TrainBatch
+from rlhf.data import check_tokenizer_fits
 from rlhf.config import check, doc_field
 from rlhf.optim import OptimizerFields
+from rlhf.paths import check_config_paths
 from rlhf.run import Run, RunConfig
 from rlhf.svd_lora import scoped_preference
 
@@ -176,6 +178,8 @@ class SupervisedConfig(RunConfig, OptimizerFields):
     """Fields shared by the reward/cost, SFT and DPO trainers on top of the run fields (``rlhf/run.py``); each
     trainer adds its own data and loss fields."""
 
+    PATH_FIELDS: ClassVar[dict[str, str]] = {'model_name_or_path': 'model', 'tokenizer': 'model'}
+
     model_name_or_path: str = doc_field("", "model to start from (hub name or path)")
     tokenizer: Optional[str] = doc_field(None, "tokenizer (null: the model's own)")
     epochs: int = doc_field(1, "passes over the training data")
@@ -211,12 +215,15 @@ def start(cfg: SupervisedConfig, trainer: str) -> tuple[Run, Any]:
 
 
 def build_engine(cfg: SupervisedConfig, load_model: Callable[[], torch.nn.Module], total_steps: int,
-                 prepare: Optional[Callable[[torch.nn.Module], None]] = None) -> Any:
+                 prepare: Optional[Callable[[torch.nn.Module], None]] = None, tokenizer: Any = None) -> Any:
     """Resolve the DeepSpeed config, load the model (partitioned at load under ZeRO-3), let the trainer
     ``prepare`` it (e.g. apply the adapter), and wrap it in an engine with a warm-up + decay schedule."""
     from transformers import AutoConfig
 
-    hidden = getattr(AutoConfig.from_pretrained(cfg.model_name_or_path).get_text_config(), "hidden_size", None)
+    model_config = AutoConfig.from_pretrained(cfg.model_name_or_path)
+    if tokenizer is not None:
+        check_tokenizer_fits(tokenizer, model_config, f"model_name_or_path {cfg.model_name_or_path!r}")
+    hidden = getattr(model_config.get_text_config(), "hidden_size", None)
     ds_config = engine.resolve_ds_config(
         cfg.ds_config, micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,
         weight_decay=cfg.weight_decay, precision=cfg.precision, max_grad_norm=cfg.max_grad_norm, hidden_size=hidden)
@@ -235,9 +242,23 @@ def summary(res: LoopResult) -> dict[str, Any]:
             "resumed_from": res.resumed_from}
 
 
+def _bad_input() -> tuple[type, ...]:
+    from reward_models.score_model import ScoreModelError
+    from rlhf.checkpoint import ResumeError
+    from rlhf.data import DataError
+    from rlhf.engine import EngineConfigError
+    from rlhf.paths import PathCheckError
+    from rlhf.run import RunDirError
+    from rlhf.svd_lora import AdapterMismatchError, PreferenceError
+
+    return (PathCheckError, RunDirError, ResumeError, DataError, ScoreModelError, EngineConfigError,
+            AdapterMismatchError, PreferenceError)
+
+
 def dry_run(cfg: SupervisedConfig) -> dict[str, Any]:
     """Validate what can be validated without loading a model: the config (already), the DeepSpeed JSON with its
     "auto" keys resolved, and the batch arithmetic."""
+    check_config_paths(cfg)
     world = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
     ds = engine.resolve_ds_config(cfg.ds_config, micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum,
                                   lr=cfg.lr, weight_decay=cfg.weight_decay, precision=cfg.precision,
@@ -263,9 +284,11 @@ def cli(cls: type, train_fn: Callable[[Any], Any], doc: str, argv: Optional[list
         if cfg.dry_run:
             print(json.dumps({"dry_run": "ok", **dry_run_fn(cfg)}, indent=2))
             return
+        train_fn(cfg)
     except ConfigError as err:
         sys.exit(f"config error: {err}")
-    train_fn(cfg)
+    except _bad_input() as err:  # refused before (or instead of) compute: the message says what to do
+        sys.exit(f"error: {err}")
 
 
 def split_rows(rows: Any, eval_fraction: float, seed: int, path: str) -> tuple[list[Any], list[Any]]:

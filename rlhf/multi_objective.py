@@ -4,7 +4,7 @@ adapter whose last D singular values carry lambda, how lambda is sampled, and ho
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 from rlhf.aggregation import AggregationConfig
 from rlhf.config import check, doc_field
@@ -16,6 +16,8 @@ from rlhf.svd_lora import SVDLoRAConfig
 @dataclass(frozen=True)
 class MultiObjectiveConfig:
     """Objectives, adapter, preference sampling and aggregation (mixed into each trainer's config: top-level keys)."""
+
+    PATH_FIELDS: ClassVar[dict[str, str]] = {'objectives[*].model': 'model'}
 
     objectives: tuple[ObjectiveConfig, ...] = doc_field((), "the D objectives, in lambda order")
     adapter: Optional[SVDLoRAConfig] = doc_field(factory=SVDLoRAConfig, doc="SVD-LoRA adapter (pref_dim = D)")

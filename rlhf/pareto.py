@@ -21,6 +21,12 @@ class FrontError(ValueError):
 def check_reference(points: np.ndarray, ref: np.ndarray) -> None:
     """Every point must strictly dominate the reference point, or its volume is silently lost."""
     points, ref = np.asarray(points, float), np.asarray(ref, float)
+    bad = np.where(~np.isfinite(points).all(axis=1))[0]
+    if bad.size:
+        raise FrontError(f"front points {bad[:5].tolist()} are NaN/inf ({np.round(points[bad[0]], 4).tolist()}, ...): "
+                         f"a scorer produced non-finite scores; re-evaluate with a working scorer")
+    if not np.isfinite(ref).all():
+        raise FrontError(f"reference point {ref.tolist()} is not finite")
     if ref.shape != (points.shape[1],):
         raise FrontError(f"reference point has {ref.size} entries but the front has {points.shape[1]} objectives")
     bad = np.where((points <= ref).any(axis=1))[0]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from rlhf.config import check, doc_field
 from rlhf.data import DEFAULT_TEMPLATE
@@ -87,6 +87,8 @@ class PPOConfig(RunConfig, MultiObjectiveConfig):
 
     The run fields (output_dir, seed, checkpoints, resume, W&B: ``rlhf/run.py``) and the multi-objective block
     (objectives, adapter, preference, aggregation: ``rlhf/multi_objective.py``) are shared with every trainer."""
+
+    PATH_FIELDS: ClassVar[dict[str, str]] = {'actor_model': 'model', 'tokenizer': 'model', 'critic_model': 'model', 'prompts.path': 'data', 'ptx.path': 'data'}
 
     actor_model: str = doc_field("", "SFT policy: hub name or path (any HF causal LM)")
     tokenizer: Optional[str] = doc_field(None, "policy tokenizer (null: the actor's)")

@@ -30,13 +30,14 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, ClassVar, Literal, Optional
 
 import numpy as np
 import torch
 
 from rlhf import checkpoint, engine
 from rlhf.config import check, doc_field, to_dict
+from rlhf.paths import check_config_paths
 from rlhf.tracking import Tracker, WandbConfig
 
 LOCK_FILE = ".lock"
@@ -54,6 +55,8 @@ class RunDirError(RuntimeError):
 @dataclass(frozen=True)
 class RunConfig:
     """The fields every training run has, whatever it trains (one declaration, shared by every trainer)."""
+
+    PATH_FIELDS: ClassVar[dict[str, str]] = {'ds_config': 'file'}
 
     output_dir: str = doc_field("runs/run", "run directory: checkpoints/, metrics.jsonl, wandb/ and the result")
     ds_config: str = doc_field("ds_configs/zero2.json", "DeepSpeed JSON; its \"auto\" keys are filled from this config")
@@ -199,6 +202,7 @@ class Run:
 
     def __init__(self, cfg: Any, trainer: str) -> None:
         self.cfg, self.trainer = cfg, trainer
+        check_config_paths(cfg)  # every model, tokenizer, dataset and DeepSpeed file named must exist
         engine.init_distributed()
         self.rank, self.world = engine.rank(), engine.world_size()
         if cfg.world_size is not None and cfg.world_size != self.world:

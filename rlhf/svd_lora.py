@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import math
 from dataclasses import dataclass, replace
@@ -451,16 +452,32 @@ def _base_identity(model: nn.Module) -> dict[str, Any]:
     return ident
 
 
+def base_fingerprint(model: nn.Module, gather: Optional[Any] = None) -> str:
+    """A short hash of the base weights under the adapter: a strided sample of three adapted weights (first, middle,
+    last), rounded to bf16 so that the same base loaded in fp32 or bf16 agrees. Catches an adapter loaded onto other
+    weights of the same shapes. ``gather(params)``: a context giving full ZeRO-3 tensors (``engine.gathered``)."""
+    layers = _layers_or_raise(model)
+    h = hashlib.sha256()
+    for layer in (layers[0], layers[len(layers) // 2], layers[-1]):
+        w = layer.base.weight
+        with gather([w]) if gather is not None else contextlib.nullcontext():
+            flat = w.detach().reshape(-1)
+            idx = torch.linspace(0, flat.numel() - 1, steps=min(4096, flat.numel()), device=flat.device).long()
+            h.update(flat[idx].to(torch.bfloat16).float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The learnable adapter tensors (U, V, sigma, s of every layer), keyed by qualified name."""
     return {f"{name}.{p}": getattr(layer, p).detach()
             for name, layer in svd_lora_layers(model) for p in ("lora_U", "lora_V", "lora_sigma", "lora_s")}
 
 
-def save_adapter(model: nn.Module, path: str | Path, state_dict: Optional[dict[str, torch.Tensor]] = None) -> Path:
+def save_adapter(model: nn.Module, path: str | Path, state_dict: Optional[dict[str, torch.Tensor]] = None,
+                 fingerprint: Optional[str] = None) -> Path:
     """Write ``adapter_model.safetensors`` + ``adapter_config.json`` into directory ``path``.
 
-    ``state_dict`` lets a caller (e.g. the ZeRO-3 engine) pass gathered full tensors.
+    ``state_dict`` and ``fingerprint`` let a caller (e.g. under ZeRO-3) pass gathered tensors and the base fingerprint.
     """
     from safetensors.torch import save_file
 
@@ -472,7 +489,8 @@ def save_adapter(model: nn.Module, path: str | Path, state_dict: Optional[dict[s
     meta = {
         "format_version": FORMAT_VERSION,
         "adapter": to_dict(cfg),
-        "base_model": _base_identity(model),
+        "base_model": {**_base_identity(model),
+                       "fingerprint": fingerprint if fingerprint is not None else base_fingerprint(model)},
         "modules": {name: [layer.out_features, layer.in_features] for name, layer in svd_lora_layers(model)},
     }
     (path / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
@@ -499,7 +517,7 @@ def load_adapter(model: nn.Module, path: str | Path, expected_pref_dim: Optional
             f"adapter at {str(path)!r} has pref_dim={cfg.pref_dim} but {expected_pref_dim} objectives are configured")
     ident, saved_ident = _base_identity(model), meta.get("base_model", {})
     diffs = [f"{k}: adapter was trained on {saved_ident[k]!r}, model has {ident.get(k)!r}"
-             for k in saved_ident if k != "name_or_path" and ident.get(k) != saved_ident[k]]
+             for k in saved_ident if k not in ("name_or_path", "fingerprint") and ident.get(k) != saved_ident[k]]
     if diffs:
         raise AdapterMismatchError(f"adapter at {str(path)!r} does not fit this base model: " + "; ".join(diffs))
     existing = getattr(model, "svd_lora_config", None)
@@ -518,6 +536,12 @@ def load_adapter(model: nn.Module, path: str | Path, expected_pref_dim: Optional
         raise AdapterMismatchError(
             f"adapter at {str(path)!r} does not fit this model's layers: missing in model {missing}, "
             f"not in adapter {extra}, shape differs {bad}")
+    saved_fp = saved_ident.get("fingerprint")
+    if saved_fp and base_fingerprint(model) != saved_fp:
+        raise AdapterMismatchError(
+            f"adapter at {str(path)!r} was trained on other base weights than this model's (base fingerprint "
+            f"{saved_fp} vs {base_fingerprint(model)}; shapes agree, values do not). Load the base it was trained on: "
+            f"{saved_ident.get('name_or_path') or 'see run.json base_model'}")
     state = load_file(str(Path(path) / ADAPTER_WEIGHTS))
     with torch.no_grad():
         for key, tensor in state.items():

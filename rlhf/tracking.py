@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
@@ -19,6 +20,50 @@ class WandbConfig:
     dir: Optional[str] = doc_field(None, "where W&B writes its files (null: the run's output_dir)")
 
 
+def _has_api_key(host: str) -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        import netrc
+
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    try:
+        with socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_mode(cfg: WandbConfig) -> str:
+    """The mode W&B will run in. ``online`` without an API key, or with W&B unreachable, falls back to ``offline``
+    with one warning: a run never aborts (after its models have loaded) because the network is down."""
+    mode = cfg.mode
+    if mode == "auto":
+        mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    if mode != "online":
+        return mode
+    from urllib.parse import urlparse
+
+    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    if not _has_api_key(urlparse(url).hostname or ""):
+        reason = "no W&B API key is configured (WANDB_API_KEY or `wandb login`)"
+    elif not _reachable(url):
+        reason = f"W&B at {url} is unreachable"
+    else:
+        return mode
+    warnings.warn(f"wandb.mode is online but {reason}: logging offline instead; upload later with `wandb sync DIR`")
+    return "offline"
+
+
 class Tracker:
     """Thin wrapper: ``log(metrics, step)`` and ``finish()``; a no-op on ranks other than 0."""
 
@@ -28,12 +73,19 @@ class Tracker:
             return
         import wandb
 
-        mode = cfg.mode
-        if mode == "auto":
-            mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        mode = resolve_mode(cfg)
+        if mode == "disabled":
+            return
         os.makedirs(cfg.dir or output_dir, exist_ok=True)
-        self.run = wandb.init(project=cfg.project, name=cfg.run_name, config=run_config, mode=mode,
-                              dir=cfg.dir or output_dir, reinit="finish_previous")
+        kwargs = dict(project=cfg.project, name=cfg.run_name, config=run_config, dir=cfg.dir or output_dir,
+                      reinit="finish_previous")
+        try:
+            self.run = wandb.init(mode=mode, **kwargs)
+        except Exception as err:  # W&B's own errors (auth, network, server) must not stop training
+            if mode == "offline":
+                raise
+            warnings.warn(f"wandb.init online failed ({type(err).__name__}: {err}); logging offline instead")
+            self.run = wandb.init(mode="offline", **kwargs)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if self.run is not None:

@@ -16,7 +16,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from rlhf import engine
 from rlhf.batch import TrainBatch
 from rlhf.config import check, doc_field
-from rlhf.data import DEFAULT_TEMPLATE, DataError, format_prompt, load_rows, pad_batch, require_columns
+from rlhf.data import (DEFAULT_TEMPLATE, DataError, check_no_nulls, format_prompt, load_rows, pad_batch,
+                       require_columns)
 from rlhf.loop import (SupervisedConfig, build_engine, cli, fit, forward_scope, split_rows, start, summary,
                        total_optimizer_steps, vertex_means)
 from rlhf.losses import logprobs_from_logits
@@ -67,6 +68,8 @@ class DPODataConfig:
 class DPOConfig(SupervisedConfig, MultiObjectiveConfig):
     """A Panacea-DPO run: the run and training fields (rlhf/run.py, rlhf/loop.py), the multi-objective block
     (rlhf/multi_objective.py), the pairs and beta."""
+
+    PATH_FIELDS: ClassVar[dict[str, str]] = {'data.path': 'data'}
 
     lr: float = doc_field(5e-4, "learning rate (adapter)")
     data: DPODataConfig = doc_field(factory=DPODataConfig, doc="preference pairs per dimension")
@@ -155,6 +158,7 @@ def train(cfg: DPOConfig) -> Path:
     needed = ([d.prompt_column, "response_0", "response_1", *d.id_columns] if d.schema == "pku_saferlhf"
               else [d.prompt_column, *[c for pair in d.pair_columns for c in pair]])
     require_columns(rows, needed, d.path, hint="check data.schema / data.id_columns / data.pair_columns")
+    check_no_nulls(rows, [c for c in needed if c not in d.id_columns], d.path)
     train_rows, eval_rows = split_rows(rows, d.eval_fraction, cfg.seed, d.path)
     train_data, eval_data = DPOData(train_rows, d, tokenizer), DPOData(eval_rows, d, tokenizer)
     D = len(cfg.objectives)
@@ -166,7 +170,7 @@ def train(cfg: DPOConfig) -> Path:
         model.eval()  # no dropout: policy and reference log-probs must compare like with like
 
     model_engine = build_engine(cfg, lambda: AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path),
-                                total_steps, prepare)
+                                total_steps, prepare, tokenizer=tokenizer)
     run.start_tracking()
     aggregator, dev = cfg.aggregation.build(), engine.device()
 
@@ -216,9 +220,10 @@ def _save(run: Run, model_engine: Any, tokenizer: Any, cfg: DPOConfig, res: Any)
     from rlhf.runs import write_run_info
 
     state = engine.full_state_dict(model_engine, only_trainable=True)
+    fingerprint = engine.base_fingerprint(model_engine)
 
     def write(tmp: Path) -> None:
-        save_adapter(model_engine.module, tmp, state_dict=state)
+        save_adapter(model_engine.module, tmp, state_dict=state, fingerprint=fingerprint)
         tokenizer.save_pretrained(tmp)
         write_run_info(tmp, trainer="dpo", base_model=cfg.model_name_or_path, objectives=cfg.objectives,
                        preference=cfg.preference, eval_scorers=cfg.eval_scorers, step=res.steps)

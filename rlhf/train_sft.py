@@ -17,14 +17,14 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 
 from rlhf import engine
 from rlhf.batch import TrainBatch
 from rlhf.config import check, doc_field
-from rlhf.data import DEFAULT_TEMPLATE, format_prompt, load_rows, pad_batch, require_columns
+from rlhf.data import DEFAULT_TEMPLATE, check_no_nulls, format_prompt, load_rows, pad_batch, require_columns
 from rlhf.loop import (SupervisedConfig, build_engine, cli, fit, split_rows, start, summary, total_optimizer_steps,
                        vertex_means)
 from rlhf.multi_objective import MultiObjectiveConfig
@@ -59,6 +59,8 @@ class SFTDataConfig:
 class SFTConfig(SupervisedConfig, MultiObjectiveConfig):
     """An SFT or Panacea-SFT run: the run and training fields (rlhf/run.py, rlhf/loop.py), the multi-objective
     block (rlhf/multi_objective.py; plain SFT: one objective and no adapter) and the targets."""
+
+    PATH_FIELDS: ClassVar[dict[str, str]] = {'data.path': 'data'}
 
     objectives: tuple[ObjectiveConfig, ...] = doc_field((ObjectiveConfig(name="sft"),),
                                                         "objective names, one per response column")
@@ -127,6 +129,7 @@ def train(cfg: SFTConfig) -> Path:
     rows = load_rows(d.path, d.split, d.max_samples)
     require_columns(rows, [d.prompt_column, *d.response_columns], d.path,
                     hint="set data.prompt_column / data.response_columns")
+    check_no_nulls(rows, [d.prompt_column, *d.response_columns], d.path)
     train_rows, eval_rows = split_rows(rows, d.eval_fraction, cfg.seed, d.path)
     train_data, eval_data = SFTData(train_rows, d, tokenizer), SFTData(eval_rows, d, tokenizer)
     D = len(cfg.objectives)
@@ -134,7 +137,8 @@ def train(cfg: SFTConfig) -> Path:
                                         cfg.max_steps)
     model_engine = build_engine(cfg, lambda: AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path),
                                 total_steps,
-                                prepare=(lambda m: apply_svd_lora(m, cfg.adapter)) if cfg.adapter else None)
+                                prepare=(lambda m: apply_svd_lora(m, cfg.adapter)) if cfg.adapter else None,
+                                tokenizer=tokenizer)
     run.start_tracking()
     aggregator, dev = cfg.aggregation.build(), engine.device()
 
@@ -171,12 +175,13 @@ def _save(run: Run, model_engine: Any, tokenizer: Any, cfg: SFTConfig, res: Any)
     from rlhf.runs import write_run_info
 
     state = engine.full_state_dict(model_engine, only_trainable=cfg.adapter is not None)
+    fingerprint = engine.base_fingerprint(model_engine) if cfg.adapter is not None else None
 
     def write(tmp: Path) -> None:
         if cfg.adapter is None:
             model_engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         else:
-            save_adapter(model_engine.module, tmp, state_dict=state)
+            save_adapter(model_engine.module, tmp, state_dict=state, fingerprint=fingerprint)
             write_run_info(tmp, trainer="sft", base_model=cfg.model_name_or_path, objectives=cfg.objectives,
                            preference=cfg.preference, eval_scorers=cfg.eval_scorers, step=res.steps)
         tokenizer.save_pretrained(tmp)

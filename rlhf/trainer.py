@@ -23,10 +23,12 @@ from rlhf.aggregation import IdealPoint
 from rlhf.batch import Experience, Rollout
 from rlhf.config import to_dict
 from rlhf.critic import build_critic, save_critic
-from rlhf.data import PromptStream, ensure_pad_token, format_prompt, load_rows, require_columns
+from rlhf.data import (PromptStream, check_tokenizer_fits, ensure_pad_token, format_prompt, load_rows, prompt_column,
+                       require_columns)
 from rlhf.generation import make_backend
 from rlhf.losses import masked_mean, policy_loss, value_loss
 from rlhf.ppo_config import PPOConfig, check_runtime
+from rlhf.paths import check_config_paths
 from rlhf.preference import sample_preference
 from rlhf.rollout import generate_rollout, position_ids_from_mask, response_logprobs
 from rlhf.run import Run
@@ -39,6 +41,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def dry_run(cfg: PPOConfig) -> dict[str, Any]:
     """Validate everything that can be validated without a model; return the batch arithmetic."""
+    check_config_paths(cfg)
     world = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
     actor_ds, critic_ds = check_runtime(cfg, world, hidden_size=4096)
     engine.check_ds_config(actor_ds, world)
@@ -64,7 +67,9 @@ class PPOTrainer:
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.actor_model)
         ensure_pad_token(self.tokenizer, "policy tokenizer")
         self.prompts = self._load_prompts()  # data errors surface before any model is loaded
-        hidden = getattr(AutoConfig.from_pretrained(cfg.actor_model).get_text_config(), "hidden_size", None)
+        actor_config = AutoConfig.from_pretrained(cfg.actor_model)
+        check_tokenizer_fits(self.tokenizer, actor_config, f"actor_model {cfg.actor_model!r}")
+        hidden = getattr(actor_config.get_text_config(), "hidden_size", None)
         actor_ds, critic_ds = check_runtime(cfg, self.world, hidden)
         self.generator = make_backend(cfg.generation.backend, cfg.generation.compile_backend)
         dtype = DTYPES[cfg.precision]
@@ -98,7 +103,7 @@ class PPOTrainer:
         c = self.cfg.prompts
         rows = load_rows(c.path, c.split, c.max_samples)
         require_columns(rows, [c.prompt_column], c.path, hint="set prompts.prompt_column to the prompt column")
-        raw = [str(p) for p in rows[c.prompt_column]]
+        raw = [str(p) for p in prompt_column(rows, c.prompt_column, c.path)]
         texts = [format_prompt(self.tokenizer, p, c.prompt_template) for p in raw]
         return PromptStream(texts, raw, self.cfg.rollout_batch_size, self.cfg.seed, self.rank, self.world)
 
@@ -287,15 +292,16 @@ class PPOTrainer:
         """``output_dir/policy``: adapter + tokenizer + run config (what evaluate.py and merging read)."""
         actor_state = engine.full_state_dict(self.actor, only_trainable=True)
         critic_state = engine.full_state_dict(self.critic, only_trainable=True)
+        actor_fp, critic_fp = engine.base_fingerprint(self.actor), engine.base_fingerprint(self.critic)
 
         def write(tmp: Path) -> None:
-            save_adapter(self.actor.module, tmp, state_dict=actor_state)
+            save_adapter(self.actor.module, tmp, state_dict=actor_state, fingerprint=actor_fp)
             self.tokenizer.save_pretrained(tmp)
             (tmp / "ppo_config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
             write_run_info(tmp, trainer="ppo", base_model=self.cfg.actor_model, objectives=self.cfg.objectives,
                            preference=self.cfg.preference, eval_scorers=self.cfg.eval_scorers, step=self.step,
                            prompts_path=self.cfg.prompts.path)
-            save_critic(self.critic.module, tmp / "critic", state=critic_state)
+            save_critic(self.critic.module, tmp / "critic", state=critic_state, fingerprint=critic_fp)
 
         return self.run.save_result(write, subdir="policy")
 

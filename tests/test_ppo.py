@@ -15,6 +15,7 @@ from rlhf.config import ConfigError, load_config
 from rlhf.ppo_config import PPOConfig
 from rlhf.svd_lora import read_adapter_config
 from reward_models.score_model import ScoreModelError
+from rlhf.paths import PathCheckError
 from rlhf.scoring import NonFiniteScoresError
 
 from tests.helpers import clean_env
@@ -154,7 +155,7 @@ def test_data_and_model_errors(world, tmp_path):
 
     with pytest.raises(DataError, match=r"lacks column\(s\) \['question'\].*prompts.prompt_column"):
         PPOTrainer(load(make_config(world, tmp_path / "x", prompts={"prompt_column": "question"})))
-    with pytest.raises(ScoreModelError, match="cannot load score model"):
+    with pytest.raises(PathCheckError, match=r"'objectives\[0\].model': no such directory"):
         PPOTrainer(load(make_config(world, tmp_path / "y", objectives=[
             {"name": "helpful", "model": str(tmp_path / "nope"), "kind": "reward"},
             {"name": "harmless", "model": str(world / "cm"), "kind": "cost"}])))

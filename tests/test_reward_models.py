@@ -156,8 +156,15 @@ def test_cost_model_signs(base_dir, pairs_file, tmp_path):
 
 
 def test_score_model_errors(base_dir, tmp_path):
-    with pytest.raises(ScoreModelError, match="cannot load score model"):
+    with pytest.raises(ScoreModelError, match="nothing_here': no such directory"):
         load_score_model(str(tmp_path / "nothing_here"))
+    # a causal LM whose config declares one label would load with a random head: refused, naming the tensor
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(base_dir, num_labels=1).save_pretrained(tmp_path / "lm")
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(tmp_path / "lm")
+    with pytest.raises(ScoreModelError, match=r"lacks \['score.weight'\] in its checkpoint"):
+        load_score_model(str(tmp_path / "lm"))
     m = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=3)
     m.save_pretrained(tmp_path / "three")
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(tmp_path / "three")
