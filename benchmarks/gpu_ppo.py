@@ -20,7 +20,6 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rlhf.aggregation import get_aggregator
 from rlhf.generation import HFStaticCompiled, compiled_graphs
 from rlhf.losses import policy_loss
 from rlhf.rollout import policy_and_reference_logprobs, response_logprobs
@@ -142,7 +141,7 @@ def main() -> None:
         for s in range(0, B, m):
             lp, _ = response_logprobs(model, seqs[s:s + m], full_mask[s:s + m], T, 1.0)
             loss, _ = policy_loss(lp, old[s:s + m], adv[s:s + m], torch.zeros_like(lp), torch.ones_like(lp),
-                                  lam.to(dev), get_aggregator("ls"), clip=0.2)
+                                  lam.to(dev), clip=0.2)  # LS: the weights are lambda
             loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

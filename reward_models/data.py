@@ -19,7 +19,7 @@ import torch
 
 from rlhf.config import check, doc_field
 from rlhf.data import (DEFAULT_TEMPLATE, DataError, check_no_nulls, encode, format_conversation, load_rows, pad_batch,
-                       require_columns)
+                       require_columns, split_chat)
 
 SCHEMA_COLUMNS = {
     "pku_saferlhf": ["prompt", "response_0", "response_1", "better_response_id", "safer_response_id",
@@ -54,7 +54,7 @@ class PreferenceDataConfig:
 class Pair:
     """One comparison. ``better`` is the more helpful (reward) or the safer (cost) response."""
 
-    prompt: str
+    prompt: Any          # a string or a chat (list of {role, content} messages)
     better: str
     worse: str
     better_sign: int = 0  # cost models: +1 unsafe, -1 safe, 0 unknown
@@ -96,7 +96,9 @@ def build_pairs(ds: Any, schema: str, kind: str, path: str, column_map: Optional
     else:
         has_safety = {"is_chosen_safe", "is_rejected_safe"} <= set(ds.column_names)
         for row in ds:
-            pairs.append(Pair(row["prompt"], row["chosen"], row["rejected"],
+            # UltraFeedback style: chosen/rejected hold the whole chat; its last (assistant) turn is the response
+            (chat, chosen), (_, rejected) = split_chat(row["chosen"]), split_chat(row["rejected"])
+            pairs.append(Pair(chat or row["prompt"], chosen, rejected,
                               _sign(row["is_chosen_safe"]) if kind == "cost" and has_safety else 0,
                               _sign(row["is_rejected_safe"]) if kind == "cost" and has_safety else 0))
     kept = [p for p in pairs if p.better.strip() != p.worse.strip()]

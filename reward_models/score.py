@@ -18,8 +18,13 @@ from reward_models.score_model import ScoreModelError, load_score_model, score_t
 
 def score_pairs(model_path: str, data: str, kind: str | None = None, schema: str = "auto",
                 column_map: dict[str, str] | None = None, batch_size: int = 16, max_length: int = 1024,
-                template: str = DEFAULT_TEMPLATE, max_samples: int | None = None) -> dict[str, float]:
-    model, tokenizer, meta = load_score_model(model_path)
+                template: str = DEFAULT_TEMPLATE, max_samples: int | None = None, device: str | None = None,
+                dtype: str = "auto") -> dict[str, float]:
+    from rlhf.engine import placement
+
+    dev, dt = placement(device, dtype)
+    model, tokenizer, meta = load_score_model(model_path, dtype=dt)
+    model.to(dev)
     kind = kind or meta.get("kind", "reward")
     rows = load_rows(data, max_samples=max_samples)
     if schema == "auto":
@@ -50,11 +55,14 @@ def main() -> None:
     ap.add_argument("--batch_size", type=int, default=16)
     ap.add_argument("--max_length", type=int, default=1024)
     ap.add_argument("--max_samples", type=int, default=None)
+    ap.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: the GPU when there is one)")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="auto: bf16 on a GPU, fp32 on the CPU")
     args = ap.parse_args()
     column_map = dict(kv.split("=", 1) for kv in args.column_map.split(",") if kv)
     try:
         result = score_pairs(args.model, args.data, args.kind, args.schema, column_map, args.batch_size,
-                             args.max_length, max_samples=args.max_samples)
+                             args.max_length, max_samples=args.max_samples, device=args.device, dtype=args.dtype)
     except (DataError, ScoreModelError) as err:
         sys.exit(f"error: {err}")
     print(json.dumps(result, indent=2))

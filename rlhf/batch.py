@@ -27,6 +27,9 @@ class Rollout:
         return self.sequences.shape[1] - self.response_mask.shape[1]
 
 
+PER_SEQUENCE = ("scores", "weights")  # Experience tensors with no token axis
+
+
 @dataclass(frozen=True)
 class Experience:
     """A rollout with everything the PPO update needs."""
@@ -38,6 +41,7 @@ class Experience:
     returns: torch.Tensor            # (B, T, D) advantages + values (critic targets)
     kl_advantages: torch.Tensor      # (B, T) reward-to-go of the KL penalty (enters the objective once)
     kl: torch.Tensor                 # (B, T) log pi_old - log pi_ref per token
+    weights: torch.Tensor            # (B, D) aggregation weights on the simplex (LS: lambda; Tche: lagging dimension)
 
     def select(self, idx: torch.Tensor) -> "Experience":
         """The sub-batch at row indices ``idx`` (mini-batches for the PPO epochs)."""
@@ -66,7 +70,7 @@ class Experience:
                               response_mask=r.response_mask[:, :T], old_logprobs=r.old_logprobs[:, :T],
                               ref_logprobs=r.ref_logprobs[:, :T])
         tensors = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rollout"}
-        tensors.update({k: v[:, :T] for k, v in tensors.items() if k != "scores"})  # (b, T[, D])
+        tensors.update({k: v[:, :T] for k, v in tensors.items() if k not in PER_SEQUENCE})  # (b, T[, D])
         return Experience(rollout=sub_rollout, **tensors)
 
 

@@ -77,6 +77,22 @@ def device() -> torch.device:
     return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def placement(device: Optional[str] = None, dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """Where inference (evaluation, scoring) runs: ``device`` null = the GPU when there is one, else the CPU;
+    ``dtype`` auto = bf16 on a GPU, fp32 on the CPU."""
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EngineConfigError(f"device {device!r} asked for, but no CUDA GPU is available; pass --device cpu")
+    if dtype == "auto":
+        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise EngineConfigError(f"dtype must be auto or one of {sorted(DTYPES)}, got {dtype!r}")
+    return dev, DTYPES[dtype]
+
+
 def barrier() -> None:
     import torch.distributed as dist
 

@@ -17,15 +17,16 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
 
 from rlhf.config import ConfigError, check, describe, doc_field, load_config, split_config_arg
-from rlhf.data import (DataError, check_tokenizer_fits, ensure_pad_token, format_prompt, load_rows, prompt_column,
-                       require_columns)
-from rlhf.generation import SamplingFields, make_backend
+from rlhf.engine import placement
+from rlhf.data import (DEFAULT_TEMPLATE, DataError, check_tokenizer_fits, ensure_pad_token, fit_prompts, format_prompt,
+                       load_rows, prompt_column, require_columns)
+from rlhf.generation import SamplingFields, make_backend, row_seeds
 from rlhf.pareto import FrontError, all_metrics, default_reference, grid, parse_reference, plot_fronts
 from rlhf.rollout import decode_responses, generate
 from rlhf.runs import RunInfo, load_callable, read_run
@@ -53,11 +54,19 @@ class EvalConfig(SamplingFields):
     batch_size: int = doc_field(16, "prompts per generate call")
     max_prompt_length: int = doc_field(128, "prompt tokens kept")
     greedy: bool = doc_field(False, "greedy decoding instead of seeded sampling")
+    noise: Literal["per_prompt", "per_batch"] = doc_field(
+        "per_prompt", "sampling noise: per_prompt = each prompt draws from its own seed, the same under every "
+                      "preference and method (common random numbers; batched = one at a time); per_batch = one "
+                      "RNG stream per generate call (HF sampling)")
     one_at_a_time: bool = doc_field(False, "one generate call per preference (slower; for checking)")
     with_base: bool = doc_field(False, "also score the base model (adapter off)")
     scorer: tuple[str, ...] = doc_field((), "extra scorer NAME=module:function (repeat for several)")
     reference_point: Optional[str] = doc_field(None, "comma-separated values, or a JSON file holding one (shared "
                                                      "across methods)")
+    device: Optional[str] = doc_field(None, "where the policy and score models run (null: the GPU when there is "
+                                            "one, else the CPU)")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = doc_field("auto", "weights' dtype (auto: bf16 on a GPU, fp32 "
+                                                                       "on the CPU)")
     no_wandb: bool = doc_field(False, "do not log to W&B")
     wandb_project: str = doc_field("panacea-rlhf", "W&B project")
 
@@ -113,40 +122,46 @@ class FrontGenerator:
         self.tokenizer = AutoTokenizer.from_pretrained(runs[0].path)
         ensure_pad_token(self.tokenizer)
         check_tokenizer_fits(self.tokenizer, AutoConfig.from_pretrained(base), f"base model {base!r}")
-        self.model = AutoModelForCausalLM.from_pretrained(base).eval()
+        self.device, self.dtype = placement(cfg.device, cfg.dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(base, dtype=self.dtype).to(self.device).eval()
         load_adapter(self.model, runs[0].path, expected_pref_dim=len(runs[0].objectives))
         self.gen_kwargs = dict(max_prompt_length=cfg.max_prompt_length, max_new_tokens=cfg.max_new_tokens,
                                temperature=cfg.temperature, top_p=cfg.top_p, do_sample=not cfg.greedy,
                                backend=make_backend(cfg.backend, cfg.compile_backend))
 
-    def _generate(self, prompts: list[str], pref: Optional[torch.Tensor], seed: int) -> list[str]:
-        torch.manual_seed(seed)  # same sampling seed for every preference on this prompt batch
-        seqs, _, P, _ = generate(self.model, self.tokenizer, prompts, pref, **self.gen_kwargs)
+    def _generate(self, prompts: list[str], pref: Optional[torch.Tensor], keys: list[int], k: int) -> list[str]:
+        """Responses to ``prompts`` (global prompt indices ``keys``, from prompt batch ``k``) under ``pref``."""
+        seeds = None
+        if self.cfg.noise == "per_prompt":  # the same noise for a prompt under every preference, method and batch
+            seeds = row_seeds(self.cfg.seed, keys)
+        else:                               # one RNG stream per generate call (rows of a batch draw in turn)
+            torch.manual_seed(self.cfg.seed + k)
+        seqs, _, P, _ = generate(self.model, self.tokenizer, prompts, pref, seeds=seeds, **self.gen_kwargs)
         return decode_responses(self.tokenizer, seqs, P)
 
-    def batches(self, prompts: list[str]) -> list[tuple[int, list[str]]]:
+    def batches(self, prompts: list[str]) -> list[tuple[int, list[int], list[str]]]:
         b = self.cfg.batch_size
-        return [(i // b, prompts[i:i + b]) for i in range(0, len(prompts), b)]
+        return [(i // b, list(range(i, min(i + b, len(prompts)))), prompts[i:i + b]) for i in range(0, len(prompts), b)]
 
     def panacea(self, prefs: list[list[float]], prompts: list[str], batched: bool = True) -> list[list[str]]:
         """out[j][i]: response to prompt i under preference j."""
         out: list[list[str]] = [[] for _ in prefs]
-        for k, batch in self.batches(prompts):
+        for k, keys, batch in self.batches(prompts):
             if batched:  # all preferences of this prompt batch in one generate call, one lambda per row
                 rows = [p for _ in prefs for p in batch]
                 lam = torch.tensor([pref for pref in prefs for _ in batch])                        # (P*b, D)
-                texts = self._generate(rows, lam, self.cfg.seed + k)
+                texts = self._generate(rows, lam, keys * len(prefs), k)
                 for j in range(len(prefs)):
                     out[j] += texts[j * len(batch):(j + 1) * len(batch)]
             else:
                 for j, pref in enumerate(prefs):
-                    out[j] += self._generate(batch, torch.tensor(pref), self.cfg.seed + k)
+                    out[j] += self._generate(batch, torch.tensor(pref), keys, k)
         return out
 
     def unconditioned(self, prompts: list[str]) -> list[str]:
         """Responses of the model as it is (no preference input): the base under ``adapter_disabled``, or a merged
         set of weights."""
-        return [t for k, batch in self.batches(prompts) for t in self._generate(batch, None, self.cfg.seed + k)]
+        return [t for k, keys, batch in self.batches(prompts) for t in self._generate(batch, None, keys, k)]
 
     def base(self, prompts: list[str]) -> list[str]:
         with adapter_disabled(self.model):
@@ -243,19 +258,34 @@ class _FiniteMeans:
                               f"pairs; those pairs were left out of its means")
 
 
-def score_front(scorer: Scorer, extra: dict[str, Callable], raw_prompts: list[str], responses: list[list[str]],
-                prefs: Optional[Sequence[Any]] = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Mean score per preference: points (P, D) from the score models, and per extra scorer. Responses with
-    non-finite scores are left out of a point's mean (counted, named by scorer); a point with none left is refused."""
-    mean = _FiniteMeans()
-    points, extra_points = [], {name: [] for name in extra}
-    for j, texts in enumerate(responses):
-        pref = prefs[j] if prefs is not None else "base"
-        points.append(mean(scorer.raw(raw_prompts, texts).float().numpy(), "score models", pref))
+def score_responses(scorer: Scorer, extra: dict[str, Callable], raw_prompts: list[str], responses: list[list[str]]
+                    ) -> dict[str, np.ndarray]:
+    """Per scorer ("score models" and each extra one) the (P, N, D) scores of N prompts' responses under P
+    preferences."""
+    out: dict[str, list] = {"score models": [], **{name: [] for name in extra}}
+    for texts in responses:
+        out["score models"].append(scorer.raw(raw_prompts, texts).float().numpy())
         for name, fn in extra.items():
-            extra_points[name].append(mean(np.asarray(fn(raw_prompts, texts), float), name, pref))
+            out[name].append(np.asarray(fn(raw_prompts, texts), float))
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def front_points(per_prompt: dict[str, np.ndarray], prefs: Optional[Sequence[Any]] = None) -> dict[str, np.ndarray]:
+    """Per scorer the (P, D) front: each preference's mean over prompts. Responses with non-finite scores are left
+    out of a point's mean (counted, named by scorer); a point with none left is refused."""
+    mean = _FiniteMeans()
+    points = {k: np.stack([mean(v[j], k, prefs[j] if prefs is not None else "base") for j in range(len(v))])
+              for k, v in per_prompt.items()}
     mean.warn()
-    return np.stack(points), {k: np.stack(v) for k, v in extra_points.items()}
+    return points
+
+
+def paired_margin_se(per_prompt: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """(P, D) standard error of each point's margin over the base point, paired by prompt: std over prompts of
+    (score under lambda - base score) / sqrt(N). Shared sampling noise (``noise: per_prompt``) shrinks it."""
+    diff = per_prompt - base[None]                                                            # (P, N, D)
+    n = np.isfinite(diff).sum(1)                                                              # (P, D)
+    return np.nanstd(diff, axis=1, ddof=1) / np.sqrt(np.maximum(n, 1))
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
@@ -275,20 +305,26 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             raise DataError("pass --prompts DATA (held-out prompts to evaluate on)")
     rows = load_rows(prompts_path, cfg.split, cfg.n_prompts)
     require_columns(rows, [cfg.prompt_column], prompts_path, hint="set --prompt_column")
-    raw = [str(p) for p in prompt_column(rows, cfg.prompt_column, prompts_path)]
-    scorer = Scorer([ObjectiveConfig(**o) for o in runs[0].objectives])
+    raw = list(prompt_column(rows, cfg.prompt_column, prompts_path))
+    device, dtype = placement(cfg.device, cfg.dtype)
+    scorer = Scorer([ObjectiveConfig(**o) for o in runs[0].objectives], dtype=dtype, device=device)
     extra_specs = {**runs[0].eval_scorers, **dict(s.split("=", 1) for s in cfg.scorer)}
     extra = {name: load_callable(spec) for name, spec in extra_specs.items()}
     reference = parse_reference(cfg.reference_point, D)
 
     gen = FrontGenerator(runs, cfg)
+    raw = fit_prompts(gen.tokenizer, raw, cfg.max_prompt_length, DEFAULT_TEMPLATE, f"prompts of {prompts_path!r}")
     texts = [format_prompt(gen.tokenizer, p) for p in raw]
     prefs, responses = METHODS[method](gen, prefs, texts)
-    points, extra_points = score_front(scorer, extra, raw, responses, prefs)
-    base_point, base_extra = None, {}
+    per_prompt = score_responses(scorer, extra, raw, responses)                               # scorer -> (P, N, D)
+    fronts = front_points(per_prompt, prefs)
+    points, extra_points = fronts.pop("score models"), fronts
+    base_point, base_extra, margin_se = None, {}, {}
     if cfg.with_base:
-        bp, be = score_front(scorer, extra, raw, [gen.base(texts)])
-        base_point, base_extra = bp[0].tolist(), {k: v[0].tolist() for k, v in be.items()}
+        base_scores = score_responses(scorer, extra, raw, [gen.base(texts)])                 # scorer -> (1, N, D)
+        base = front_points(base_scores)
+        base_point, base_extra = base.pop("score models")[0].tolist(), {k: v[0].tolist() for k, v in base.items()}
+        margin_se = {k: paired_margin_se(per_prompt[k], base_scores[k][0]).tolist() for k in per_prompt}
     prefs_np = np.asarray(prefs, float)
     if reference is None:
         reference = default_reference([points])
@@ -299,7 +335,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "points": points.tolist(), "extra_points": {k: v.tolist() for k, v in extra_points.items()},
         "reference_point": reference, "metrics": all_metrics(prefs_np, points, reference),
         "extra_metrics": {k: all_metrics(prefs_np, v, default_reference([v])) for k, v in extra_points.items()},
-        "base_point": base_point, "base_extra_points": base_extra,
+        "base_point": base_point, "base_extra_points": base_extra, "noise": cfg.noise,
+        "base_margin_se": margin_se,  # scorer -> (P, D) paired standard error of (point - base point)
+        "per_prompt": {k: v.tolist() for k, v in per_prompt.items()},  # scorer -> (P, N, D)
         "n_prompts": len(raw), "seed": cfg.seed, "runs": [str(r.path) for r in runs],
         "greedy": bool(cfg.greedy), "samples": [{"preference": prefs_np[j].tolist(), "prompt": raw[0],
                                                 "response": responses[j][0]} for j in range(len(prefs))],

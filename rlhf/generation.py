@@ -34,10 +34,11 @@ stay with the training model, as now, so PPO's ratios never mix two numerical im
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from rlhf.config import check, doc_field
 
@@ -70,7 +71,8 @@ class GenerationBackend(Protocol):
 
     def generate(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                  max_new_tokens: int, do_sample: bool, temperature: float, top_p: float, pad_token_id: int,
-                 eos_token_id: int, synced_gpus: bool = False) -> torch.Tensor: ...
+                 eos_token_id: int, synced_gpus: bool = False, logits_processor: Optional[list] = None
+                 ) -> torch.Tensor: ...
 
     def after_update(self, model: nn.Module) -> None: ...
 
@@ -78,6 +80,65 @@ class GenerationBackend(Protocol):
 def _sampling(do_sample: bool, temperature: float, top_p: float) -> dict[str, Any]:
     # top_k=0: no implicit top-50 cut, so the sampled distribution is the one PPO's log-probs assume
     return dict(temperature=temperature, top_p=top_p, top_k=0) if do_sample else {}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared sampling noise: common random numbers across preferences (evaluation)
+# ----------------------------------------------------------------------------------------------------------
+
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(a: torch.Tensor, m: int) -> torch.Tensor:
+    """(a * m) mod 2^32 for int64 ``a`` in [0, 2^32) without int64 overflow (two 16-bit halves of m)."""
+    return (a * (m & 0xFFFF) + ((a * (m >> 16)) & 0xFFFF) * 65536) & _M32
+
+
+def _fmix32(h: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finaliser: a bijection that scrambles every input bit into every output bit."""
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = _mul32(h, 0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def row_seeds(seed: int, keys: Sequence[int]) -> torch.Tensor:
+    """(B,) one 32-bit seed per row from the run's ``seed`` and each row's key (e.g. the prompt's index)."""
+    k = torch.tensor(list(keys), dtype=torch.int64) & _M32
+    return _fmix32(k ^ _fmix32(torch.tensor(seed & _M32, dtype=torch.int64)))
+
+
+def shared_gumbel(seeds: torch.Tensor, step: int, vocab: int, device: Any = None) -> torch.Tensor:
+    """(B, V) Gumbel(0, 1) noise that depends only on (row seed, decoding step, token id): the same for a row in any
+    batch, at any position of the batch, on any device."""
+    seeds = seeds.to(device=device, dtype=torch.int64)
+    h = _fmix32(seeds ^ ((step * 0x9E3779B9) & _M32))                                         # (B,)
+    v = torch.arange(vocab, device=seeds.device, dtype=torch.int64)                           # (V,)
+    u = (_fmix32(h[:, None] ^ _fmix32(v)[None, :]).double() + 0.5) / 2.0 ** 32               # (B, V) in (0, 1)
+    return -torch.log(-torch.log(u))
+
+
+class SharedNoiseSampling(LogitsProcessor):
+    """Temperature + nucleus sampling as Gumbel-max with per-row seeded noise: decode greedily on
+    ``logits / T + g`` (tokens outside the top-p set masked), g from ``shared_gumbel``. The distribution is the one
+    ``do_sample`` draws from, but a row's draw depends on its own seed only, so one prompt under every preference
+    (and under the base model) meets the same noise: the difference between two lambdas' points is the policy's,
+    not the sampler's (common random numbers), and batched equals one-at-a-time decoding."""
+
+    def __init__(self, seeds: torch.Tensor, prompt_length: int, temperature: float, top_p: float) -> None:
+        self.seeds, self.prompt_length, self.temperature, self.top_p = seeds, prompt_length, temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logits = scores.float() / self.temperature                                            # (B, V)
+        if self.top_p < 1.0:  # the same cut as transformers' TopPLogitsWarper
+            sorted_logits, order = torch.sort(logits, descending=False)
+            drop = sorted_logits.softmax(-1).cumsum(-1) <= (1 - self.top_p)
+            drop[..., -1:] = False
+            logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+        step = input_ids.shape[1] - self.prompt_length
+        g = shared_gumbel(self.seeds, step, logits.shape[-1], logits.device).to(logits.dtype)  # (B, V)
+        return logits + g
 
 
 class HFEager:
@@ -89,10 +150,12 @@ class HFEager:
     @torch.no_grad()
     def generate(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                  max_new_tokens: int, do_sample: bool, temperature: float, top_p: float, pad_token_id: int,
-                 eos_token_id: int, synced_gpus: bool = False) -> torch.Tensor:
+                 eos_token_id: int, synced_gpus: bool = False, logits_processor: Optional[list] = None
+                 ) -> torch.Tensor:
+        extra = {"logits_processor": LogitsProcessorList(logits_processor)} if logits_processor else {}
         return model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                               do_sample=do_sample, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
-                              synced_gpus=synced_gpus, **self.cache_kwargs,
+                              synced_gpus=synced_gpus, **self.cache_kwargs, **extra,
                               **_sampling(do_sample, temperature, top_p))                      # (B, P+T)
 
     def after_update(self, model: nn.Module) -> None:

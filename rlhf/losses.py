@@ -8,7 +8,6 @@ from typing import Optional
 
 import torch
 
-from rlhf.aggregation import Aggregator
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: Optional[int | tuple[int, ...]] = None) -> torch.Tensor:
@@ -36,42 +35,26 @@ def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip: float
     return torch.min(ratio * advantages, ratio.clamp(1.0 - clip, 1.0 + clip) * advantages)
 
 
-def _lam_for_tokens(lam: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """lambda (D,) or (B, D) broadcastable against (B, T, D)."""
-    return lam if lam.dim() == 1 else lam[:, None, :]
-
-
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                kl_advantages: torch.Tensor, mask: torch.Tensor, lam: torch.Tensor, aggregator: Aggregator,
-                clip: float, ideal: Optional[torch.Tensor] = None, mu: float = 0.1
+                kl_advantages: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, clip: float
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Aggregated clipped PPO loss (to be minimised) and detached statistics.
+    """The clipped PPO loss (to be minimised) on the aggregated advantage ``A = sum_i w_i A_i + A_kl``, and
+    detached statistics.
 
-    logprobs, old_logprobs, kl_advantages, mask: (B, T); advantages: (B, T, D); lam: (D,) or (B, D);
-    ideal: (D,) ideal point z in surrogate space (Tche). The KL term enters once, outside any min/max.
+    logprobs, old_logprobs, kl_advantages, mask: (B, T); advantages: (B, T, D); weights: (D,) or (B, D) on the
+    simplex, from the aggregation registry (LS: lambda; Tchebycheff: the lagging dimension). The KL term enters
+    once, outside the aggregation.
     """
     mask = mask.to(logprobs.dtype)
     ratio = torch.exp(logprobs - old_logprobs)                                                # (B, T)
-    lam = lam.to(advantages)
-    J_dims = masked_mean(clipped_surrogate(ratio.unsqueeze(-1), advantages, clip),
-                         mask.unsqueeze(-1), dim=(0, 1))                                      # (D,)
-    if aggregator.advantage_level:
-        A = (advantages * _lam_for_tokens(lam, advantages)).sum(-1) + kl_advantages           # (B, T)
-        loss = -masked_mean(clipped_surrogate(ratio, A, clip), mask)
-    else:
-        ideal_loss = None if ideal is None else -ideal.to(advantages)
-        if lam.dim() == 1:
-            loss = aggregator(-J_dims, lam, ideal_loss, mu)                                   # scalar
-        else:  # per-sample preferences: aggregate each sequence's own surrogates, then average
-            J_rows = masked_mean(clipped_surrogate(ratio.unsqueeze(-1), advantages, clip),
-                                 mask.unsqueeze(-1), dim=1)                                   # (B, D)
-            loss = aggregator(-J_rows, lam, ideal_loss, mu).mean()
-        loss = loss - masked_mean(clipped_surrogate(ratio, kl_advantages, clip), mask)
+    w = weights.to(advantages)
+    w = w if w.dim() == 1 else w[:, None, :]                                                  # (D,) or (B, 1, D)
+    A = (advantages * w).sum(-1) + kl_advantages                                              # (B, T)
+    loss = -masked_mean(clipped_surrogate(ratio, A, clip), mask)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean(((ratio - 1.0).abs() > clip).to(mask.dtype), mask),
             "approx_kl": masked_mean(0.5 * (logprobs - old_logprobs) ** 2, mask),
-            "surrogate": J_dims.detach(),                                                     # (D,)
         }
     return loss, stats
 

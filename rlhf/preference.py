@@ -67,3 +67,13 @@ def sample_preference(cfg: PreferenceConfig, dim: int, seed: int, step: int, ran
         return _draw(cfg, dim, 1, gen)[0]                                                                    # (D,)
     gen = torch.Generator().manual_seed(_mix(seed, step, 1 + rank))
     return _draw(cfg, dim, batch_size, gen)                                                                  # (B, D)
+
+
+def sample_for_micro_batch(cfg: PreferenceConfig, dim: int, seed: int, micro: int, grad_accum: int, rank: int,
+                           rows: int) -> torch.Tensor:
+    """lambda for one micro-batch of a supervised trainer: (D,) per optimiser step (every micro-batch of a step and
+    every rank share it), or (rows, D) per sample (fresh rows for each micro-batch and rank). Reproducible on resume:
+    it depends only on the seed and the micro-batch counter."""
+    if cfg.per == "batch":
+        return sample_preference(cfg, dim, seed, micro // grad_accum)                                       # (D,)
+    return sample_preference(cfg, dim, seed, micro, rank, batch_size=rows)                                  # (B, D)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import warnings
 
 from typing import Any, Optional, Sequence
 
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from rlhf.batch import Rollout
-from rlhf.generation import GenerationBackend, HFEager
+from rlhf.generation import GenerationBackend, HFEager, SharedNoiseSampling
 from rlhf.losses import logprobs_from_logits
 from rlhf.svd_lora import adapter_rows, merged, scoped_preference
 
@@ -79,31 +80,43 @@ def policy_and_reference_logprobs(actor: nn.Module, sequences: torch.Tensor, att
 @torch.no_grad()
 def generate(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[str], preference: Optional[torch.Tensor], *,
              max_prompt_length: int, max_new_tokens: int, temperature: float, top_p: float,
-             synced_gpus: bool = False, do_sample: bool = True, backend: Optional[GenerationBackend] = None
-             ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+             synced_gpus: bool = False, do_sample: bool = True, backend: Optional[GenerationBackend] = None,
+             seeds: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
     """Left-padded prompts -> (sequences (B, P+T) with pads after EOS, attention_mask (B, P+T), prompt length P,
     response_mask (B, T)).
 
     ``preference`` (D,) or (B, D): every decoding forward runs under it; None leaves the adapter's state as it is
     (the base model under ``adapter_disabled``, or a lambda already merged into W0).
-    ``backend`` decodes (``rlhf/generation.py``; default HF eager).
+    ``backend`` decodes (``rlhf/generation.py``; default HF eager). ``seeds`` (B,): sample each row with its own
+    seeded noise (``SharedNoiseSampling``) instead of the global RNG, so a row's draw does not depend on its batch.
     """
     backend = backend or HFEager()
     device = next(actor.parameters()).device
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # so that every prompt ends at the same column and responses line up
+    side, trunc = tokenizer.padding_side, tokenizer.truncation_side
+    # Left padding: every prompt ends at the same column and responses line up. Left truncation: an over-long prompt
+    # keeps its end (the user's request and the generation prompt); callers fit prompts first (data.fit_prompts),
+    # so this only guards texts that come in unfitted, and says so.
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
     try:
+        lengths = [len(ids) for ids in tokenizer(list(prompt_texts), add_special_tokens=True)["input_ids"]]
         # A compiled backend gets every batch at max_prompt_length: one shape, one graph.
         enc = tokenizer(list(prompt_texts), return_tensors="pt", truncation=True, max_length=max_prompt_length,
                         padding="max_length" if backend.static_shapes else True, add_special_tokens=True)
     finally:
-        tokenizer.padding_side = side
+        tokenizer.padding_side, tokenizer.truncation_side = side, trunc
+    n_long = sum(n > max_prompt_length for n in lengths)
+    if n_long:
+        warnings.warn(f"{n_long} of {len(lengths)} prompts exceed max_prompt_length={max_prompt_length} tokens and "
+                      f"were cut from the left (their end kept); fit prompts with data.fit_prompts so that score "
+                      f"models see the same conversation")
     input_ids, prompt_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # (B, P)
+    shared = seeds is not None and do_sample
+    processors = [SharedNoiseSampling(seeds, input_ids.shape[1], temperature, top_p)] if shared else None
     with scoped_preference(actor, preference) if preference is not None else contextlib.nullcontext():
         sequences = backend.generate(actor, input_ids, prompt_mask, max_new_tokens=max_new_tokens,
-                                     do_sample=do_sample, temperature=temperature, top_p=top_p,
+                                     do_sample=do_sample and not shared, temperature=temperature, top_p=top_p,
                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                     synced_gpus=synced_gpus)                                 # (B, P+T)
+                                     synced_gpus=synced_gpus, logits_processor=processors)    # (B, P+T)
     P = input_ids.shape[1]
     response_mask = response_mask_from_tokens(sequences[:, P:], tokenizer.eos_token_id)       # (B, T)
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)                           # (B, P+T)

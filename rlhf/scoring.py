@@ -140,7 +140,7 @@ class Scorer:
     """Holds the D score models; ``raw(prompts, responses) -> (B, D)`` with costs negated."""
 
     def __init__(self, objectives: Sequence[ObjectiveConfig], dtype: Optional[torch.dtype] = None,
-                 ds_config: Optional[dict[str, Any]] = None) -> None:
+                 ds_config: Optional[dict[str, Any]] = None, device: Optional[torch.device] = None) -> None:
         from reward_models.score_model import load_score_model
 
         self.objectives = tuple(objectives)
@@ -152,7 +152,10 @@ class Scorer:
 
                 warnings.warn(f"objective '{obj.name}' is configured as kind={obj.kind} but {obj.model}'s "
                               f"dimension.json says {meta['kind']}; using the config's kind")
-            model = engine.initialize_inference(model, ds_config) if ds_config is not None else model
+            if ds_config is not None:  # training: placed (and partitioned under ZeRO-3) like the actor
+                model = engine.initialize_inference(model, ds_config)
+            elif device is not None:
+                model = model.to(device)
             self.models.append(model)
             self.tokenizers.append(tok)
             self.offsets.append(float(meta.get("score_offset", 0.0)))

@@ -24,13 +24,13 @@ import torch.nn.functional as F
 from rlhf import engine
 from rlhf.batch import TrainBatch
 from rlhf.config import check, doc_field
-from rlhf.data import (DEFAULT_TEMPLATE, DataError, check_no_nulls, format_prompt, load_rows, pad_batch,
-                       require_columns)
+from rlhf.data import (DEFAULT_TEMPLATE, DataError, check_no_nulls, encode_example, load_rows, pad_batch,
+                       require_columns, split_chat)
 from rlhf.loop import (SupervisedConfig, build_engine, cli, fit, forward_scope, split_rows, start, summary,
                        total_optimizer_steps, vertex_means)
 from rlhf.losses import logprobs_from_logits
 from rlhf.multi_objective import MultiObjectiveConfig
-from rlhf.preference import sample_preference
+from rlhf.preference import sample_for_micro_batch
 from rlhf.rollout import position_ids_from_mask
 from rlhf.run import Run
 from rlhf.svd_lora import adapter_disabled, apply_svd_lora, save_adapter
@@ -93,24 +93,26 @@ class DPOData:
         self.rows: list[tuple[list[tuple[list[int], int]], list[tuple[int, int]]]] = []
         dropped = truncated = 0
         for row in rows:
+            prompt = row[cfg.prompt_column]
             if cfg.schema == "pku_saferlhf":
                 texts = [row["response_0"], row["response_1"]]
                 pairs = [(int(row[c]), 1 - int(row[c])) for c in cfg.id_columns]
             else:
                 texts, pairs = [], []
                 for chosen, rejected in cfg.pair_columns:
-                    for t in (row[chosen], row[rejected]):
+                    (chat, c_text), (_, r_text) = split_chat(row[chosen]), split_chat(row[rejected])
+                    prompt = chat or prompt  # UltraFeedback style: the chosen column holds the whole chat
+                    for t in (c_text, r_text):
                         if t not in texts:
                             texts.append(t)
-                    pairs.append((texts.index(row[chosen]), texts.index(row[rejected])))
+                    pairs.append((texts.index(c_text), texts.index(r_text)))
             if any(c == r or texts[c].strip() == texts[r].strip() for c, r in pairs):
                 dropped += 1
                 continue
-            p_ids = tokenizer(format_prompt(tokenizer, row[cfg.prompt_column], cfg.prompt_template),
-                              add_special_tokens=True)["input_ids"]
             seqs = []
             for t in texts:
-                ids = p_ids + tokenizer(" " + t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                p_ids, r_ids = encode_example(tokenizer, prompt, t, cfg.prompt_template)
+                ids = p_ids + r_ids
                 truncated += len(ids) > cfg.max_length
                 seqs.append((ids[:cfg.max_length], min(len(p_ids), cfg.max_length - 1)))
             self.rows.append((seqs, pairs))
@@ -188,12 +190,16 @@ def train(cfg: DPOConfig) -> Path:
         return dpo_losses(policy[w], policy[l], ref[w], ref[l], cfg.beta)
 
     def make_batch(indices: list[int], micro: int) -> TrainBatch:
-        lam = sample_preference(cfg.preference, D, cfg.seed, micro // cfg.grad_accum)            # (D,)
+        lam = sample_for_micro_batch(cfg.preference, D, cfg.seed, micro, cfg.grad_accum, engine.rank(),
+                                     len(indices))                                               # (D,) or (B, D)
         return to_batch(train_data, indices, lam)
 
     def step_fn(batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
         losses, margins = per_dim(batch)                                                         # (B, D)
-        loss = aggregator(losses.mean(0), batch.preference, mu=cfg.aggregation.mu)
+        if batch.preference.dim() == 1:   # one lambda for the batch: aggregate the batch-mean losses
+            loss = aggregator(losses.mean(0), batch.preference, mu=cfg.aggregation.mu)
+        else:                             # one lambda per row: aggregate each row under its own, then average
+            loss = aggregator(losses, batch.preference, mu=cfg.aggregation.mu).mean()
         metrics = {}
         for i, n in enumerate(cfg.objective_names):
             metrics[f"loss/{n}"] = losses[:, i].mean().item()

@@ -24,11 +24,11 @@ import torch
 from rlhf import engine
 from rlhf.batch import TrainBatch
 from rlhf.config import check, doc_field
-from rlhf.data import DEFAULT_TEMPLATE, check_no_nulls, format_prompt, load_rows, pad_batch, require_columns
+from rlhf.data import DEFAULT_TEMPLATE, check_no_nulls, encode_example, load_rows, pad_batch, require_columns, split_chat
 from rlhf.loop import (SupervisedConfig, build_engine, cli, fit, split_rows, start, summary, total_optimizer_steps,
                        vertex_means)
 from rlhf.multi_objective import MultiObjectiveConfig
-from rlhf.preference import sample_preference
+from rlhf.preference import sample_for_micro_batch
 from rlhf.run import Run
 from rlhf.scoring import ObjectiveConfig
 from rlhf.svd_lora import SVDLoRAConfig, apply_svd_lora, save_adapter, scoped_preference
@@ -81,19 +81,18 @@ class SFTData:
 
     def __init__(self, rows: list[dict[str, Any]], cfg: SFTDataConfig, tokenizer: Any) -> None:
         self.pad_id, D = tokenizer.pad_token_id, len(cfg.response_columns)
-        prompts = [format_prompt(tokenizer, r[cfg.prompt_column], cfg.prompt_template) for r in rows]
-        p_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
         self.items: list[list[tuple[list[int], int]]] = []  # row -> per dimension (ids, prompt length)
         n_trunc = 0
-        for i, row in enumerate(rows):
+        for row in rows:
             per_dim = []
             for col in cfg.response_columns:
-                r_ids = tokenizer(" " + str(row[col]), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                ids = (p_ids[i] + r_ids)
+                chat, response = split_chat(row[col])   # a column may hold the whole chat (UltraFeedback style)
+                p_ids, r_ids = encode_example(tokenizer, chat or row[cfg.prompt_column], response, cfg.prompt_template)
+                ids = p_ids + r_ids
                 if len(ids) > cfg.max_length:
                     n_trunc += 1
                     ids = ids[:cfg.max_length]
-                per_dim.append((ids, min(len(p_ids[i]), cfg.max_length - 1)))
+                per_dim.append((ids, min(len(p_ids), cfg.max_length - 1)))
             self.items.append(per_dim)
         if n_trunc:
             warnings.warn(f"{n_trunc} of {len(rows) * D} sequences exceed data.max_length={cfg.max_length} and were "
@@ -111,14 +110,22 @@ class SFTData:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def lm_losses(model: Any, data: SFTData, indices: list[int], dims: range | list[int], dev: torch.device
-              ) -> torch.Tensor:
-    """(len(dims),) mean token cross-entropy of each listed objective's targets."""
+def lm_losses(model: Any, data: SFTData, indices: list[int], dims: range | list[int], dev: torch.device,
+              per_row: bool = False) -> torch.Tensor:
+    """Mean token cross-entropy of each listed objective's targets: (len(dims),) over the batch's tokens, or with
+    ``per_row`` (B, len(dims)), each row's own mean (per-sample preferences weight rows separately)."""
     out = []
     for d in dims:
         b = {k: v.to(dev) for k, v in data.batch(indices, d).items()}
-        out.append(model(**b, use_cache=False).loss)
-    return torch.stack(out)                                                                      # (D,)
+        if not per_row:
+            out.append(model(**b, use_cache=False).loss)
+            continue
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+        labels = b["labels"][:, 1:]                                                               # (B, L-1)
+        ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels, ignore_index=-100,
+                                               reduction="none")                                 # (B, L-1)
+        out.append(ce.sum(-1) / (labels != -100).sum(-1).clamp(min=1))                         # (B,)
+    return torch.stack(out, dim=-1)                                                              # (D,) or (B, D)
 
 
 def train(cfg: SFTConfig) -> Path:
@@ -142,19 +149,21 @@ def train(cfg: SFTConfig) -> Path:
     run.start_tracking()
     aggregator, dev = cfg.aggregation.build(), engine.device()
 
+    per_row = cfg.preference.per == "sample"
+
     def make_batch(indices: list[int], micro: int) -> TrainBatch:
-        # one lambda per optimiser step, identical on every rank and after a resume (preference.py); drawn before
-        # the forward so that the adapter's input and the loss weights are the same lambda
-        lam = None if cfg.adapter is None else sample_preference(cfg.preference, D, cfg.seed,
-                                                                   micro // cfg.grad_accum)     # (D,)
+        # drawn before the forward, so that the adapter's input and the loss weights are the same lambda
+        lam = None if cfg.adapter is None else sample_for_micro_batch(
+            cfg.preference, D, cfg.seed, micro, cfg.grad_accum, engine.rank(), len(indices))    # (D,) or (B, D)
         return TrainBatch(indices=tuple(indices), tensors={}, preference=lam)
 
     def step_fn(batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        losses = lm_losses(model_engine, train_data, list(batch.indices), range(D), dev)           # (D,)
+        losses = lm_losses(model_engine, train_data, list(batch.indices), range(D), dev, per_row)  # (D,) | (B, D)
         if batch.preference is None:
             return losses[0], {}
-        loss = aggregator(losses, batch.preference.to(dev), mu=cfg.aggregation.mu)
-        return loss, {f"loss/{n}": v.item() for n, v in zip(cfg.objective_names, losses)}
+        loss = aggregator(losses, batch.preference.to(dev), mu=cfg.aggregation.mu)              # () or (B,)
+        means = losses.mean(0) if per_row else losses                                           # (D,)
+        return loss.mean(), {f"loss/{n}": v.item() for n, v in zip(cfg.objective_names, means)}
 
     def eval_loss(rows: list[int], i: int) -> torch.Tensor:
         """Objective i's held-out cross-entropy, summed over rows; Panacea-SFT reads it at vertex e_i."""

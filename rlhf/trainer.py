@@ -23,8 +23,8 @@ from rlhf.aggregation import IdealPoint
 from rlhf.batch import Experience, Rollout
 from rlhf.config import to_dict
 from rlhf.critic import build_critic, save_critic
-from rlhf.data import (PromptStream, check_tokenizer_fits, ensure_pad_token, format_prompt, load_rows, prompt_column,
-                       require_columns)
+from rlhf.data import (PromptStream, check_tokenizer_fits, ensure_pad_token, fit_prompts, format_prompt, load_rows,
+                       prompt_column, require_columns)
 from rlhf.generation import make_backend
 from rlhf.losses import masked_mean, policy_loss, value_loss
 from rlhf.ppo_config import PPOConfig, check_runtime
@@ -35,9 +35,6 @@ from rlhf.run import Run
 from rlhf.runs import write_run_info
 from rlhf.scoring import FiniteGuard, ScoreProcessor, Scorer
 from rlhf.svd_lora import apply_svd_lora, count_parameters, save_adapter, scoped_preference
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def dry_run(cfg: PPOConfig) -> dict[str, Any]:
     """Validate everything that can be validated without a model; return the batch arithmetic."""
@@ -66,13 +63,13 @@ class PPOTrainer:
         self.aggregator = cfg.aggregation.build()
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.actor_model)
         ensure_pad_token(self.tokenizer, "policy tokenizer")
-        self.prompts = self._load_prompts()  # data errors surface before any model is loaded
         actor_config = AutoConfig.from_pretrained(cfg.actor_model)
         check_tokenizer_fits(self.tokenizer, actor_config, f"actor_model {cfg.actor_model!r}")
+        self.prompts = self._load_prompts()  # data errors surface before any model is loaded
         hidden = getattr(actor_config.get_text_config(), "hidden_size", None)
         actor_ds, critic_ds = check_runtime(cfg, self.world, hidden)
         self.generator = make_backend(cfg.generation.backend, cfg.generation.compile_backend)
-        dtype = DTYPES[cfg.precision]
+        dtype = engine.DTYPES[cfg.precision]
         self.scorer = Scorer(cfg.objectives, dtype=dtype, ds_config=actor_ds)
         with engine.zero3_init(actor_ds):
             actor = AutoModelForCausalLM.from_pretrained(cfg.actor_model, dtype=dtype)
@@ -103,7 +100,8 @@ class PPOTrainer:
         c = self.cfg.prompts
         rows = load_rows(c.path, c.split, c.max_samples)
         require_columns(rows, [c.prompt_column], c.path, hint="set prompts.prompt_column to the prompt column")
-        raw = [str(p) for p in prompt_column(rows, c.prompt_column, c.path)]
+        raw = fit_prompts(self.tokenizer, prompt_column(rows, c.prompt_column, c.path), c.max_prompt_length,
+                          c.prompt_template, f"prompts of {c.path!r}")       # conversations the policy sees whole
         texts = [format_prompt(self.tokenizer, p, c.prompt_template) for p in raw]
         return PromptStream(texts, raw, self.cfg.rollout_batch_size, self.cfg.seed, self.rank, self.world)
 
@@ -148,7 +146,17 @@ class PPOTrainer:
             advantages = whiten(advantages, mask)
         kl_adv = reward_to_go(kl_reward, mask, p.gamma)                                        # (B, T)
         return Experience(rollout=rollout, scores=scores, values=values, advantages=advantages,
-                          returns=returns, kl_advantages=kl_adv, kl=kl)
+                          returns=returns, kl_advantages=kl_adv, kl=kl, weights=self._weights(rollout, scores))
+
+    def _weights(self, rollout: Rollout, scores: torch.Tensor) -> torch.Tensor:
+        """(B, D) aggregation weights: lambda for LS; for Tchebycheff the lagging dimension, from J = this batch's
+        mean score (averaged over ranks, which share lambda) against the ideal point (aggregation.py)."""
+        B, D = scores.shape
+        lam = rollout.preference.reshape(-1, D).expand(B, D).float()                           # (B, D)
+        J = scores.float().mean(0)                                                             # (D,)
+        if self.aggregator.uses_ideal:
+            J = self._mean_over_ranks({"J": J.cpu()})["J"].float()
+        return self.ideal.weights(lam, J.to(lam.device)).to(scores.device)                     # (B, D)
 
     def _ptx_loss(self) -> torch.Tensor:
         texts = random.sample(self.ptx, min(self.cfg.micro_batch_size, len(self.ptx)))
@@ -164,8 +172,8 @@ class PPOTrainer:
         with scoped_preference(self.actor.module, r.preference):
             logprobs, entropy = response_logprobs(self.actor, r.sequences, r.attention_mask, r.response_mask.shape[1],
                                                   cfg.generation.temperature, with_entropy=True)
-            loss, s = policy_loss(logprobs, r.old_logprobs, mb.advantages, mb.kl_advantages, mask, r.preference,
-                                  self.aggregator, p.clip_ratio, self.ideal.value, cfg.aggregation.mu)
+            loss, s = policy_loss(logprobs, r.old_logprobs, mb.advantages, mb.kl_advantages, mask, mb.weights,
+                                  p.clip_ratio)
             if self.ptx is not None:
                 ptx = self._ptx_loss()
                 loss = loss + cfg.ptx.coef * ptx
@@ -176,7 +184,6 @@ class PPOTrainer:
         stats["clipfrac"].append(s["clipfrac"].item())
         stats["approx_kl"].append(s["approx_kl"].item())
         stats["entropy"].append(masked_mean(entropy, mask).item())
-        stats["surrogate"].append(s["surrogate"].cpu())
 
     def _critic_step(self, mb: Experience, stats: dict[str, list]) -> None:
         r = mb.rollout
@@ -189,8 +196,8 @@ class PPOTrainer:
 
     def _update(self, exp: Experience) -> dict[str, Any]:
         cfg, p = self.cfg, self.cfg.ppo
-        stats: dict[str, list] = {k: [] for k in ("policy_loss", "clipfrac", "approx_kl", "entropy", "surrogate",
-                                                   "value_loss", "ptx_loss")}
+        stats: dict[str, list] = {k: [] for k in ("policy_loss", "clipfrac", "approx_kl", "entropy", "value_loss",
+                                                   "ptx_loss")}
         train_actor = self.step >= p.critic_warmup_steps
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.step)
         for _ in range(p.ppo_epochs):
@@ -203,8 +210,6 @@ class PPOTrainer:
         out: dict[str, Any] = {k: float(np.mean(v)) for k, v in stats.items()
                                if v and not torch.is_tensor(v[0])}
         out["value_loss"] = torch.stack(stats["value_loss"]).mean(0)                          # (D,)
-        if stats["surrogate"]:
-            out["surrogate"] = torch.stack(stats["surrogate"]).mean(0)                         # (D,)
         return out
 
     # ------------------------------------------------------------------ one step
@@ -220,7 +225,8 @@ class PPOTrainer:
         return out
 
     def train_step(self) -> Optional[dict[str, Any]]:
-        """preference -> rollout -> scores -> experience -> update -> ideal point; None for a skipped batch."""
+        """preference -> rollout -> scores -> experience (advantages, aggregation weights) -> update; None for a
+        skipped batch."""
         lam = self._preference()                                                               # (D,) or (B, D)
         t0 = time.perf_counter()
         rollout = self._rollout(lam)
@@ -234,8 +240,6 @@ class PPOTrainer:
         upd = self._update(exp)
         self.generator.after_update(self.actor.module)  # a backend with its own weight copy syncs here
         t3 = time.perf_counter()
-        if "surrogate" in upd:
-            self.ideal.update(self._mean_over_ranks({"s": upd["surrogate"]})["s"])
         self.step += 1
         if self.cfg.sample_every and self.step % self.cfg.sample_every == 0:
             self._log_samples(exp)
@@ -249,6 +253,7 @@ class PPOTrainer:
         first = exp.returns[:, 0].float()                                                        # (B, D)
         lam = r.preference.float().reshape(-1, raw.shape[1]).mean(0)                             # (D,)
         local = {"score": raw.float().mean(0), "return": first.mean(0).cpu(), "lambda": lam.cpu(),
+                 "weight": exp.weights.float().mean(0).cpu(), "J": exp.scores.float().mean(0).cpu(),
                  "value_loss": upd["value_loss"].float(), "kl": exp.kl.sum(-1).mean().cpu().reshape(1),
                  "length": lengths.mean().cpu().reshape(1), "tokens": lengths.sum().cpu().reshape(1)}
         for k in ("policy_loss", "clipfrac", "approx_kl", "entropy", "ptx_loss"):
@@ -261,8 +266,10 @@ class PPOTrainer:
             m[f"train/return/{name}"] = g["return"][i].item()
             m[f"train/value_loss/{name}"] = g["value_loss"][i].item()
             m[f"train/lambda/{name}"] = g["lambda"][i].item()
+            m[f"train/weight/{name}"] = g["weight"][i].item()
             if self.ideal.value is not None:
                 m[f"train/ideal/{name}"] = float(self.ideal.value[i])
+                m[f"train/J/{name}"] = g["J"][i].item()
         for k in ("policy_loss", "clipfrac", "approx_kl", "entropy", "ptx_loss"):
             if k in g:
                 m[f"train/{k}"] = g[k].item()

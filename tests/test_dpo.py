@@ -139,10 +139,11 @@ def test_sigkill_then_resume_takes_the_same_steps(world, tmp_path):
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6)
 
 
-def test_dpo_forward_runs_under_the_lambda_that_weights_its_loss(world, tmp_path, monkeypatch):
+@pytest.mark.parametrize("per", ["batch", "sample"])
+def test_dpo_forward_runs_under_the_lambda_that_weights_its_loss(world, tmp_path, monkeypatch, per):
     from tests.test_sft import assert_forwards_run_under_their_loss_lambda, record_forward_and_loss_preferences
 
     forwards, losses = record_forward_and_loss_preferences(monkeypatch)
-    train(_cfg(world, tmp_path, "--max_steps", "3", "--preference.vertex_prob", "0.0"))
-    assert len(losses) == 3
+    train(_cfg(world, tmp_path, "--max_steps", "3", "--preference.vertex_prob", "0.0", "--preference.per", per))
+    assert len(losses) == 3 and all(l.shape == ((2,) if per == "batch" else (8, 2)) for l in losses)
     assert_forwards_run_under_their_loss_lambda(forwards, losses)

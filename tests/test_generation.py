@@ -93,3 +93,25 @@ def test_ppo_runs_with_the_compiled_backend_and_refuses_it_under_zero3(world, tm
     trainer.train()
     rows = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
+
+
+def test_shared_noise_is_per_row_and_samples_the_right_distribution():
+    from rlhf.generation import SharedNoiseSampling, row_seeds, shared_gumbel
+
+    seeds = row_seeds(3, range(6))
+    g = shared_gumbel(seeds, step=2, vocab=50)                                           # (6, 50)
+    # a row's noise depends on its seed alone: not on its position, its batch, or the other rows
+    torch.testing.assert_close(shared_gumbel(seeds[[4, 1]], 2, 50), g[[4, 1]])
+    assert not torch.equal(shared_gumbel(seeds, 3, 50), g) and len(set(seeds.tolist())) == 6
+    big = shared_gumbel(row_seeds(0, range(4000)), 0, 25).flatten()
+    assert abs(big.mean().item() - 0.5772) < 0.02 and abs(big.std().item() - 1.2825) < 0.02   # Gumbel(0, 1)
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -3.0]])
+    for top_p in (1.0, 0.8):
+        proc = SharedNoiseSampling(row_seeds(1, range(20000)), prompt_length=0, temperature=0.7, top_p=top_p)
+        picks = proc(torch.zeros(20000, 0, dtype=torch.long), logits.expand(20000, 5)).argmax(-1)
+        freq = torch.bincount(picks, minlength=5).float() / 20000
+        probs = torch.softmax(logits[0] / 0.7, -1)
+        if top_p < 1:  # the nucleus: the smallest set of most likely tokens holding 0.8 of the mass
+            keep = torch.tensor([True, True, False, False, False])
+            probs = torch.where(keep, probs, 0.0) / probs[keep].sum()
+        torch.testing.assert_close(freq, probs, atol=0.012, rtol=0)

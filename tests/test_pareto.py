@@ -69,8 +69,8 @@ def test_reference_not_dominated_names_the_points():
 
 # ---------------------------------------------------------------- evaluate on tiny runs
 
-def make_run(world, path, fixed=None, seed=0):
-    """A finished run directory with a random, non-zero adapter (so lambda matters)."""
+def make_run(world, path, fixed=None, seed=0, s=0.2):
+    """A finished run directory with a random, non-zero adapter (so lambda matters unless ``s`` = 0)."""
     model = AutoModelForCausalLM.from_pretrained(world / "base")
     apply_svd_lora(model, SVDLoRAConfig(rank=4, pref_dim=2))
     g = torch.Generator().manual_seed(seed)
@@ -78,8 +78,8 @@ def make_run(world, path, fixed=None, seed=0):
         for _, layer in svd_lora_layers(model):
             layer.lora_U.copy_(torch.randn(layer.lora_U.shape, generator=g) * 0.3)
             layer.lora_V.copy_(torch.randn(layer.lora_V.shape, generator=g) * 0.3)
-            layer.lora_sigma.fill_(0.02)
-            layer.lora_s.fill_(0.2)
+            layer.lora_sigma.fill_(0.0 if s == 0 else 0.02)
+            layer.lora_s.fill_(s)
     policy = Path(path) / "policy"
     save_adapter(model, policy)
     AutoTokenizer.from_pretrained(world / "base").save_pretrained(policy)
@@ -112,6 +112,22 @@ def test_evaluate_panacea_writes_front_and_batched_equals_one_at_a_time(world, t
     assert len(data["extra_points"]["oracle"]) == 5 and data["base_point"] is not None
     assert len({s["response"] for s in data["samples"]}) > 1, "lambda should change what the model says"
     assert (tmp_path / "a" / "pareto.png").stat().st_size > 10_000
+
+
+def test_sampled_batched_front_equals_one_at_a_time_and_shares_noise_with_the_base(world, tmp_path):
+    """Common random numbers: every preference (and the base model) samples a prompt with the same noise, so
+    batched and one-at-a-time evaluation give the same responses, and a zero adapter's front is the base point."""
+    run = make_run(world, tmp_path / "p")
+    a = run_eval("--run", str(run), "--grid", "0.25", "--out", str(tmp_path / "a"), "--with_base")
+    b = run_eval("--run", str(run), "--grid", "0.25", "--out", str(tmp_path / "b"), "--one_at_a_time")
+    assert [s["response"] for s in a["samples"]] == [s["response"] for s in b["samples"]]
+    np.testing.assert_allclose(a["points"], b["points"], atol=1e-5)
+    zero = make_run(world, tmp_path / "z", s=0.0)          # s = 0: the adapter's preference path does nothing
+    with_crn = run_eval("--run", str(zero), "--grid", "0.25", "--out", str(tmp_path / "z1"), "--with_base")
+    np.testing.assert_allclose(with_crn["points"], [with_crn["base_point"]] * 5, atol=1e-5)
+    stream = run_eval("--run", str(zero), "--grid", "0.25", "--out", str(tmp_path / "z2"), "--with_base",
+                      "--noise", "per_batch")
+    assert not np.allclose(stream["points"], [stream["base_point"]] * 5, atol=1e-5)
 
 
 def test_evaluate_dps_and_rewarded_soups(world, tmp_path):
@@ -164,3 +180,35 @@ def test_cli_runs(world, tmp_path):
     bad = subprocess.run([sys.executable, "rlhf/evaluate.py", "--run", str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "is not a finished run" in bad.stderr
+
+
+def test_rewarded_soups_pairs_runs_with_objectives_by_their_vertex(world, tmp_path):
+    from rlhf.svd_lora import PreferenceError
+
+    rs = [make_run(world, tmp_path / "rs0", fixed=(1.0, 0.0), seed=1),
+          make_run(world, tmp_path / "rs1", fixed=(0.0, 1.0), seed=2)]
+    ordered = run_eval("--method", "rs", "--run", str(rs[0]), "--run", str(rs[1]), "--grid", "0.5", "--greedy",
+                       "--out", str(tmp_path / "a"))
+    swapped = run_eval("--method", "rs", "--run", str(rs[1]), "--run", str(rs[0]), "--grid", "0.5", "--greedy",
+                       "--out", str(tmp_path / "b"))
+    np.testing.assert_allclose(swapped["points"], ordered["points"], atol=1e-6)   # not by position
+    mid = make_run(world, tmp_path / "mid", fixed=(0.5, 0.5), seed=3)
+    with pytest.raises(PreferenceError, match=r"each trained at a vertex.*has preference \[0.5, 0.5\]"):
+        run_eval("--method", "rs", "--run", str(rs[0]), "--run", str(mid), "--grid", "0.5", "--out", str(tmp_path / "c"))
+    with pytest.raises(PreferenceError, match="were both trained at vertex 0"):
+        run_eval("--method", "rs", "--run", str(rs[0]), "--run", str(rs[0]), "--grid", "0.5", "--out", str(tmp_path / "d"))
+
+
+def test_evaluation_device_and_dtype(world, tmp_path, monkeypatch):
+    from rlhf.engine import EngineConfigError, placement
+
+    assert placement(None, "auto") == (torch.device("cpu"), torch.float32)
+    assert placement("cpu", "bf16") == (torch.device("cpu"), torch.bfloat16)
+    with pytest.raises(EngineConfigError, match="no CUDA GPU is available; pass --device cpu"):
+        placement("cuda", "auto")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert placement(None, "auto") == (torch.device("cuda"), torch.bfloat16)      # the GPU by default when present
+    monkeypatch.undo()
+    run = make_run(world, tmp_path / "r")
+    out = run_eval("--run", str(run), "--grid", "0.5", "--dtype", "bf16", "--out", str(tmp_path / "e"))
+    assert np.isfinite(out["points"]).all()

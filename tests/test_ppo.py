@@ -14,7 +14,6 @@ from rlhf import checkpoint
 from rlhf.config import ConfigError, load_config
 from rlhf.ppo_config import PPOConfig
 from rlhf.svd_lora import read_adapter_config
-from reward_models.score_model import ScoreModelError
 from rlhf.paths import PathCheckError
 from rlhf.scoring import NonFiniteScoresError
 
@@ -29,7 +28,7 @@ def make_config(world, out, **over):
         "objectives": [{"name": "helpful", "model": str(world / "rm"), "kind": "reward"},
                        {"name": "harmless", "model": str(world / "cm"), "kind": "cost"}],
         "adapter": {"rank": 4, "pref_dim": 2}, "prompts": {"path": str(world / "prompts.jsonl"),
-                                                            "max_prompt_length": 24},
+                                                            "max_prompt_length": 64},
         "generation": {"max_new_tokens": 8}, "rollout_batch_size": 4, "mini_batch_size": 4, "micro_batch_size": 2,
         "total_steps": 3, "precision": "fp32", "save_every": 0, "sample_every": 0, "seed": 7,
         "ppo": {"actor_lr": 5e-3, "critic_lr": 5e-3}, "wandb": {"mode": "disabled"},
@@ -86,7 +85,7 @@ def test_only_adapter_and_critic_change_and_lambda_is_held(world, tmp_path, monk
     assert len(seen["rollout"]) == 3 and len(seen["update"]) == 3 * 2 * 2
     for step, lam in enumerate(seen["rollout"]):
         for upd in seen["update"][4 * step:4 * step + 4] + seen["adapter"][4 * step:4 * step + 4]:
-            torch.testing.assert_close(upd.cpu(), lam.cpu())
+            torch.testing.assert_close(upd.cpu(), lam.cpu().expand_as(upd))  # LS weights: lambda on every row
     m = metrics(tmp_path / "run")
     assert [r["step"] for r in m] == [1, 2, 3]
     for key in ("train/score/helpful", "train/return/harmless", "train/value_loss/helpful", "train/kl",

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from rlhf.advantages import gae, kl_rewards, reward_to_go, token_rewards
-from rlhf.aggregation import get_aggregator
+from rlhf.aggregation import AggregationConfig, IdealPoint, get_aggregator
 from rlhf.losses import clipped_surrogate, policy_loss, value_loss
 from rlhf.preference import PreferenceConfig, sample_preference
 from rlhf.config import ConfigError
@@ -60,8 +60,10 @@ def test_kl_counted_once_for_every_aggregator():
     torch.testing.assert_close(kl_adv[0], torch.tensor([-0.15, -0.1, -0.05]))
     zero_adv = torch.zeros(B, T, D)
     lam = torch.tensor([0.2, 0.3, 0.5])
-    for name in ("ls", "tche"):
-        loss, _ = policy_loss(logp, logp.detach(), zero_adv, kl_adv, mask, lam, get_aggregator(name), clip=0.2)
+    for name in ("ls", "tche", "stche"):
+        w = IdealPoint(AggregationConfig(name=name)).weights(lam, torch.tensor([0.3, -0.2, 0.1]))
+        assert w.sum().item() == pytest.approx(1.0)
+        loss, _ = policy_loss(logp, logp.detach(), zero_adv, kl_adv, mask, w, clip=0.2)
         torch.testing.assert_close(loss, -kl_adv.mean())
 
 
@@ -70,7 +72,6 @@ def test_ls_and_tche_hand_worked():
     lam = torch.tensor([0.75, 0.25])
     assert get_aggregator("ls")(losses, lam).item() == pytest.approx(0.75 + 1.0)
     assert get_aggregator("tche")(losses, lam).item() == pytest.approx(1.0)            # max(0.75, 1.0)
-    assert get_aggregator("tche")(losses, lam, ideal=torch.tensor([0.0, 2.0])).item() == pytest.approx(0.75)
     s = get_aggregator("stche")(losses, lam, mu=0.01).item()
     assert 1.0 <= s <= 1.0 + 0.01 * 0.7
     # per-sample lambda: one value per row
@@ -80,19 +81,53 @@ def test_ls_and_tche_hand_worked():
         get_aggregator("max")
 
 
-def test_ls_policy_loss_uses_weighted_advantages_and_tche_follows_worst_dimension():
+def test_ls_policy_loss_uses_weighted_advantages():
     mask = torch.ones(1, 2)
     adv = torch.tensor([[[1.0, -2.0], [1.0, -2.0]]])                                   # (1, 2, 2)
     logp = torch.zeros(1, 2, requires_grad=True)
     lam = torch.tensor([0.5, 0.5])
-    loss, s = policy_loss(logp, torch.zeros(1, 2), adv, torch.zeros(1, 2), mask, lam, get_aggregator("ls"), 0.2)
+    w = IdealPoint(AggregationConfig(name="ls")).weights(lam, torch.zeros(2))
+    torch.testing.assert_close(w, lam)
+    loss, _ = policy_loss(logp, torch.zeros(1, 2), adv, torch.zeros(1, 2), mask, w, 0.2)
     assert loss.item() == pytest.approx(0.5)                                             # -(0.5*1 + 0.5*-2)
-    torch.testing.assert_close(s["surrogate"], torch.tensor([1.0, -2.0]))
-    loss, _ = policy_loss(logp, torch.zeros(1, 2), adv, torch.zeros(1, 2), mask, lam, get_aggregator("tche"), 0.2)
-    assert loss.item() == pytest.approx(1.0)                                             # max(0.5*-1, 0.5*2)
-    loss.backward()
-    # gradient flows only through dimension 2's surrogate (advantage -2): d(-0.5 * r * -2)/dlogp = +1 / 2 tokens
-    torch.testing.assert_close(logp.grad, torch.tensor([[0.5, 0.5]]))
+
+
+def test_tche_gradient_goes_to_the_dimension_that_lags_most_relative_to_its_weight():
+    """A hand-made batch: helpful is near its best (J = 0.8 of ideal 1.0), harmless lags (J = 0.1). With equal weights
+    lambda_i (z_i - J_i) = (0.1, 0.45), so the whole push goes to harmless; with lambda = (0.9, 0.1) it is
+    (0.18, 0.09) and helpful gets it. (Reading J as the surrogate, ~0 at the old policy, and z = 0 gave the opposite:
+    max_i lambda_i (0 - J_i) picks the dimension with the smallest weight whenever the surrogates are positive.)"""
+    mask = torch.ones(1, 3)
+    adv = torch.tensor([[[1.0, -2.0], [0.5, 3.0], [2.0, 1.0]]])                        # (1, 3, 2)
+    ideal = IdealPoint(AggregationConfig(name="tche", ideal=(1.0, 1.0)))
+    J = torch.tensor([0.8, 0.1])
+    for lam, lagging in ((torch.tensor([0.5, 0.5]), 1), (torch.tensor([0.9, 0.1]), 0)):
+        w = ideal.weights(lam, J)
+        assert w.tolist() == [float(i == lagging) for i in range(2)]
+        logp = torch.zeros(1, 3, requires_grad=True)
+        loss, _ = policy_loss(logp, torch.zeros(1, 3), adv, torch.zeros(1, 3), mask, w, clip=0.2)
+        loss.backward()
+        # d(-mean_t r_t A_t)/d logp_t = -A_t / T at ratio 1: exactly the lagging dimension's advantages
+        torch.testing.assert_close(logp.grad, -adv[..., lagging] / 3)
+    # smooth Tchebycheff: the weights lean the same way, and tend to the hard choice as mu -> 0
+    w = IdealPoint(AggregationConfig(name="stche", ideal=(1.0, 1.0), mu=0.1)).weights(torch.tensor([0.5, 0.5]), J)
+    assert w[1] > 0.9 and w.sum().item() == pytest.approx(1.0)
+
+
+def test_running_ideal_point_dominates_every_J_seen_and_resumes():
+    ideal = IdealPoint(AggregationConfig(name="tche", ideal_margin=0.1))
+    lam = torch.tensor([0.5, 0.5])
+    ideal.weights(lam, torch.tensor([0.2, -0.3]))
+    ideal.weights(lam, torch.tensor([-0.1, 0.4]))
+    torch.testing.assert_close(ideal.value, torch.tensor([0.3, 0.5]))
+    # the vertex trains its own objective whatever the values
+    assert ideal.weights(torch.tensor([0.0, 1.0]), torch.tensor([-5.0, 0.4])).tolist() == [0.0, 1.0]
+    again = IdealPoint(AggregationConfig(name="tche", ideal_margin=0.1))
+    again.load_state_dict(ideal.state_dict())
+    torch.testing.assert_close(again.value, ideal.value)
+    # per-sample preferences: one weight vector per row
+    rows = ideal.weights(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0.0, 0.0]))
+    assert rows.tolist() == [[1.0, 0.0], [0.0, 1.0]]
 
 
 def test_clipped_surrogate_and_value_loss_hand_worked():
@@ -144,10 +179,10 @@ def test_trimmed_micro_batch_drops_pad_columns_and_keeps_every_real_token():
     exp = Experience(rollout=Rollout(seqs, attention, response_mask, rnd(B, T), rnd(B, T), torch.tensor([0.4, 0.6]),
                                      ("p",) * B, ("r",) * B),
                      scores=rnd(B, D), values=rnd(B, T, D), advantages=rnd(B, T, D), returns=rnd(B, T, D),
-                     kl_advantages=rnd(B, T), kl=rnd(B, T))
+                     kl_advantages=rnd(B, T), kl=rnd(B, T), weights=torch.tensor([0.4, 0.6]).expand(B, D))
     small = exp.trimmed()
     assert small.rollout.sequences.shape == (B, 3 + 4) and small.advantages.shape == (B, 4, D)
-    assert small.rollout.prompt_length == 3 and small.scores.shape == (B, D)
+    assert small.rollout.prompt_length == 3 and small.scores.shape == (B, D) and small.weights.shape == (B, D)
     model = tiny_causal_lm("llama", vocab_size=200).eval()
     critic = ValueModel(model.model, D).eval()
     with torch.no_grad():
@@ -159,10 +194,10 @@ def test_trimmed_micro_batch_drops_pad_columns_and_keeps_every_real_token():
     real = response_mask[:, :4].bool()
     torch.testing.assert_close(lp[real], full_lp[:, :4][real], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(v[real], full_v[:, :4][real], atol=1e-5, rtol=1e-5)
-    args = (get_aggregator("ls"), 0.2)
+    args = (0.2,)
     full_loss, _ = policy_loss(full_lp, exp.rollout.old_logprobs, exp.advantages, exp.kl_advantages,
-                               response_mask.float(), exp.rollout.preference, *args)
+                               response_mask.float(), exp.weights, *args)
     loss, _ = policy_loss(lp, small.rollout.old_logprobs, small.advantages, small.kl_advantages,
-                          small.rollout.response_mask.float(), small.rollout.preference, *args)
+                          small.rollout.response_mask.float(), small.weights, *args)
     torch.testing.assert_close(loss, full_loss, atol=1e-5, rtol=1e-5)
     assert exp.select(torch.tensor([0, 2])).trimmed().rollout.sequences.shape == (2, 3 + 4)

@@ -85,7 +85,11 @@ def assert_forwards_run_under_their_loss_lambda(forwards, losses):
         mine = [p for step, p in forwards if step == k]
         assert mine, f"step {k} had no training forward"
         for p in mine:
-            assert p is not None and torch.equal(p.float(), lam.float()), (k, p, lam)
+            assert p is not None, (k, lam)
+            if p.shape == lam.shape:
+                assert torch.equal(p.float(), lam.float()), (k, p, lam)
+            else:  # several sequences per row (DPO): each sequence runs under its own row's lambda
+                assert lam.dim() == 2 and all(any(torch.equal(r, l) for l in lam.float()) for r in p.float()), (k, p)
 
 
 @pytest.mark.parametrize("aggregation", ["ls", "tche"])
@@ -104,3 +108,11 @@ def test_panacea_sft_resumes_from_a_checkpoint(world, tmp_path):
     again = json.loads((resumed / "sft_summary.json").read_text())
     assert again["resumed_from"] and again["steps"] == 4
     assert again["losses"] == pytest.approx(first["losses"], rel=1e-5)
+
+
+def test_panacea_sft_takes_one_lambda_per_sample(world, tmp_path, monkeypatch):
+    forwards, losses = record_forward_and_loss_preferences(monkeypatch)
+    out = train(_panacea_sft(world, tmp_path, "--preference.per", "sample", "--preference.vertex_prob", "0.0"))
+    assert len(losses) == 4 and all(l.shape == (8, 2) and len({tuple(r) for r in l.tolist()}) == 8 for l in losses)
+    assert_forwards_run_under_their_loss_lambda(forwards, losses)
+    assert json.loads((out / "sft_summary.json").read_text())["steps"] == 4
