@@ -1,10 +1,22 @@
-"""Vector rewards and per-dimension GAE (DESIGN.md §1 "Vector rewards"). Pure torch, no state.
+"""Vector advantages (B, T, D) from per-dimension end scores (B, D): the estimator registry, pure torch, no state.
 
-Rewards per dimension: the end score on the last response token, zero elsewhere. The KL penalty
-``-beta * (log pi - log pi_ref)`` is kept as its own per-token reward with its own reward-to-go, so that the
-aggregation adds it exactly once (LS: ``sum_i lambda_i A_i + A_kl``; Tche: outside the min).
+- ``gae``: rewards per dimension are the end score on the last response token, zero elsewhere; per-dimension GAE
+  against a lambda-conditioned critic with D value heads (DESIGN.md §1 "Vector rewards").
+- ``group``: critic-free (GRPO/RLOO style). Each prompt is sampled G times under one lambda; per dimension a
+  sample's advantage is its end score minus its group's baseline (the group mean, or the mean of the other G - 1
+  samples: RLOO's leave-one-out), optionally divided by the group's std, broadcast over the response tokens.
+  Dividing by the std changes what lambda weighs: ``sum_i lambda_i A_i`` then mixes *standardised* advantages, so a
+  dimension whose scores hardly vary within a group gets as much push per unit of lambda as one that varies a lot
+  (lambda weighs per-dimension rank-like signals, not score units).
+
+Either way the KL penalty ``-beta * (log pi - log pi_ref)`` is its own per-token reward with its own reward-to-go,
+added exactly once after the aggregation (``sum_i w_i A_i + A_kl``), so both estimators optimise the same
+KL-regularised objective at the same ``kl_coef`` and the policy gets per-token credit for the KL term.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 
@@ -63,3 +75,54 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tens
     mean = (x * m).sum(dim=(0, 1)) / n
     var = (((x - mean) * m) ** 2).sum(dim=(0, 1)) / n
     return (x - mean) * torch.rsqrt(var + eps) * m
+
+
+def group_advantages(scores: torch.Tensor, group_size: int, baseline: str = "mean", std_normalize: bool = False,
+                     eps: float = 1e-6) -> torch.Tensor:
+    """(B, D) critic-free advantages: rows [g*G, (g+1)*G) are one prompt's G samples under one lambda.
+
+    mean: ``s_j - mean_k s_k``; loo: ``s_j - mean_{k != j} s_k`` (= G / (G - 1) times the former); with
+    ``std_normalize`` divided by the group's (unbiased) std per dimension.
+    """
+    B, D = scores.shape
+    G = group_size
+    if B % G:
+        raise ValueError(f"{B} rows do not split into groups of {G}")
+    s = scores.float().view(B // G, G, D)                                                   # (B/G, G, D)
+    adv = s - s.mean(1, keepdim=True)                                                        # (B/G, G, D)
+    if baseline == "loo":
+        adv = adv * (G / (G - 1))
+    elif baseline != "mean":
+        raise ValueError(f"unknown group baseline {baseline!r}; choose mean or loo")
+    if std_normalize:
+        adv = adv / (s.std(1, keepdim=True) + eps)
+    return adv.view(B, D).to(scores.dtype)
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """An advantage estimator: ``estimate(scores (B, D), values (B, T, D) | None, response_mask (B, T), **params)``
+    -> (advantages (B, T, D), returns (B, T, D) | None: the critic's targets). ``params``: gamma, gae_lambda,
+    group_size, baseline, std_normalize (each estimator reads its own)."""
+
+    name: str
+    needs_critic: bool
+    estimate: Callable[..., tuple[torch.Tensor, Optional[torch.Tensor]]]
+
+
+def _gae_estimate(scores: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, *, gamma: float,
+                  gae_lambda: float, **_: object) -> tuple[torch.Tensor, torch.Tensor]:
+    rewards = token_rewards(scores.to(values), response_mask)                                # (B, T, D)
+    return gae(rewards, values, response_mask.float(), gamma, gae_lambda)                     # (B, T, D) each
+
+
+def _group_estimate(scores: torch.Tensor, values: None, response_mask: torch.Tensor, *, group_size: int,
+                    baseline: str, std_normalize: bool, **_: object) -> tuple[torch.Tensor, None]:
+    adv = group_advantages(scores, group_size, baseline, std_normalize)                       # (B, D)
+    return adv[:, None, :] * response_mask.unsqueeze(-1).to(adv), None                        # (B, T, D)
+
+
+ESTIMATORS: dict[str, Estimator] = {
+    "gae": Estimator("gae", needs_critic=True, estimate=_gae_estimate),
+    "group": Estimator("group", needs_critic=False, estimate=_group_estimate),
+}

@@ -36,9 +36,9 @@ class Experience:
 
     rollout: Rollout
     scores: torch.Tensor             # (B, D) end scores, higher = better in every dimension (costs negated)
-    values: torch.Tensor             # (B, T, D) critic values under lambda at generation time
-    advantages: torch.Tensor         # (B, T, D) per-dimension GAE advantages
-    returns: torch.Tensor            # (B, T, D) advantages + values (critic targets)
+    values: torch.Tensor | None      # (B, T, D) critic values under lambda at generation time (None: no critic)
+    advantages: torch.Tensor         # (B, T, D) per-dimension advantages (GAE, or the group estimator's)
+    returns: torch.Tensor | None     # (B, T, D) advantages + values: the critic's targets (None: no critic)
     kl_advantages: torch.Tensor      # (B, T) reward-to-go of the KL penalty (enters the objective once)
     kl: torch.Tensor                 # (B, T) log pi_old - log pi_ref per token
     weights: torch.Tensor            # (B, D) aggregation weights on the simplex (LS: lambda; Tche: lagging dimension)
@@ -52,8 +52,8 @@ class Experience:
                               ref_logprobs=r.ref_logprobs[idx], preference=pref,
                               prompts=tuple(r.prompts[i] for i in idx.tolist()),
                               responses=tuple(r.responses[i] for i in idx.tolist()))
-        tensors = {f.name: getattr(self, f.name)[idx] for f in fields(self)
-                   if f.name != "rollout"}
+        tensors = {f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[idx]
+                   for f in fields(self) if f.name != "rollout"}
         return Experience(rollout=sub_rollout, **tensors)
 
     def trimmed(self) -> "Experience":
@@ -70,7 +70,7 @@ class Experience:
                               response_mask=r.response_mask[:, :T], old_logprobs=r.old_logprobs[:, :T],
                               ref_logprobs=r.ref_logprobs[:, :T])
         tensors = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rollout"}
-        tensors.update({k: v[:, :T] for k, v in tensors.items() if k not in PER_SEQUENCE})  # (b, T[, D])
+        tensors.update({k: v[:, :T] for k, v in tensors.items() if k not in PER_SEQUENCE and v is not None})
         return Experience(rollout=sub_rollout, **tensors)
 
 

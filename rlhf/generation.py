@@ -126,19 +126,27 @@ class SharedNoiseSampling(LogitsProcessor):
     (and under the base model) meets the same noise: the difference between two lambdas' points is the policy's,
     not the sampler's (common random numbers), and batched equals one-at-a-time decoding."""
 
-    def __init__(self, seeds: torch.Tensor, prompt_length: int, temperature: float, top_p: float) -> None:
-        self.seeds, self.prompt_length, self.temperature, self.top_p = seeds, prompt_length, temperature, top_p
+    def __init__(self, seeds: torch.Tensor, prompt_length: int, temperature: float | torch.Tensor,
+                 top_p: float | torch.Tensor) -> None:
+        """``temperature`` and ``top_p``: one value, or one per row (B,); a row with temperature 0 decodes greedily
+        (the server batches requests with different sampling settings)."""
+        self.seeds, self.prompt_length = seeds, prompt_length
+        self.temperature = torch.as_tensor(temperature, dtype=torch.float32).reshape(-1)      # (1,) or (B,)
+        self.top_p = torch.as_tensor(top_p, dtype=torch.float32).reshape(-1)                  # (1,) or (B,)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        logits = scores.float() / self.temperature                                            # (B, V)
-        if self.top_p < 1.0:  # the same cut as transformers' TopPLogitsWarper
+        temp = self.temperature.to(scores.device)[:, None]                                    # (B or 1, 1)
+        greedy = temp == 0
+        logits = scores.float() / torch.where(greedy, torch.ones_like(temp), temp)            # (B, V)
+        top_p = self.top_p.to(scores.device)[:, None]                                         # (B or 1, 1)
+        if bool((top_p < 1.0).any()):  # the same cut as transformers' TopPLogitsWarper
             sorted_logits, order = torch.sort(logits, descending=False)
-            drop = sorted_logits.softmax(-1).cumsum(-1) <= (1 - self.top_p)
+            drop = sorted_logits.softmax(-1).cumsum(-1) <= (1 - top_p)
             drop[..., -1:] = False
             logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
         step = input_ids.shape[1] - self.prompt_length
         g = shared_gumbel(self.seeds, step, logits.shape[-1], logits.device).to(logits.dtype)  # (B, V)
-        return logits + g
+        return logits + torch.where(greedy, torch.zeros_like(g), g)
 
 
 class HFEager:

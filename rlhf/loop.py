@@ -15,6 +15,7 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import torch
@@ -72,25 +73,49 @@ def forward_scope(model: torch.nn.Module, batch: TrainBatch) -> Any:
 def train_loop(model_engine: Any, run: Run, cfg: "SupervisedConfig", n_items: int, *, total_steps: int,
                make_batch: Callable[[list[int], int], TrainBatch],
                step_fn: Callable[[TrainBatch], tuple[torch.Tensor, dict[str, float]]],
-               eval_fn: Callable[[], dict[str, float]], desc: str) -> LoopResult:
+               eval_fn: Callable[[], dict[str, float]], desc: str, front: Any = None,
+               checkpoint_policy: Optional[Callable[[int], Callable[[Path], None]]] = None) -> LoopResult:
     """``make_batch(indices, micro)`` gets this rank's rows and the global micro-batch counter (for preference draws);
     forward and backward of ``step_fn`` run inside the batch's own scope (its lambda). Checkpoints every
-    ``cfg.save_every`` optimiser steps; a run built with a resume point carries on from the very same row."""
+    ``cfg.save_every`` optimiser steps; a run built with a resume point carries on from the very same row.
+    ``front`` (``rlhf/front.py`` TrainingFront): the Pareto front evaluated at step 0 and every ``cfg.eval.every``
+    optimiser steps, logged, its reference point kept in the checkpoints. ``checkpoint_policy(step)``: a writer of the
+    policy as evaluate.py reads it, put into each checkpoint (with the front's ``eval.yaml``)."""
     from tqdm import tqdm
 
     rank, world, dev = run.rank, run.world, engine.device()
     res, st = LoopResult(), LoopState()
+    def evaluate_front() -> None:
+        if front is not None:
+            from rlhf.front import evaluate_and_log
+
+            evaluate_and_log(front, model_engine.module, run, res.steps)
+
     if run.resume_path is not None:
         saved = run.load_checkpoint({"model": model_engine})
         st = LoopState(**saved["loop"])
         res = LoopResult(**saved["result"], resumed_from=str(run.resume_path))
+        if front is not None:
+            front.load_state_dict(saved.get("front"))
     else:
         res.initial_eval = eval_fn()                          # the untrained baseline, logged at step 0
         run.log(res.initial_eval, 0)
+        evaluate_front()
 
     def save() -> None:
+        write_policy = checkpoint_policy(res.steps) if checkpoint_policy is not None else None  # collective
+
+        def extra(tmp: Path) -> None:
+            if write_policy is not None:
+                write_policy(tmp / "policy")
+            if front is not None:
+                import yaml
+
+                (tmp / "eval.yaml").write_text(yaml.safe_dump(front.eval_yaml(), sort_keys=False))
+
         run.save_checkpoint(res.steps, {"model": model_engine},
-                            {"loop": asdict(st), "result": {k: v for k, v in asdict(res).items() if k != "resumed_from"}})
+                            {"loop": asdict(st), "result": {k: v for k, v in asdict(res).items() if k != "resumed_from"},
+                             "front": front.state_dict() if front is not None else None}, extra=extra)
 
     bar = tqdm(total=total_steps, initial=res.steps, disable=not engine.is_main(), desc=desc, dynamic_ncols=True)
     t0, seconds0 = time.time(), res.seconds
@@ -132,6 +157,8 @@ def train_loop(model_engine: Any, run: Run, cfg: "SupervisedConfig", n_items: in
             run.log(res.final_eval, res.steps)
             if engine.is_main():
                 bar.write(f"step {res.steps}: " + ", ".join(f"{k}={v:.4f}" for k, v in res.final_eval.items()))
+        if front is not None and cfg.eval.due(res.steps, total_steps):
+            evaluate_front()
         if cfg.save_every and res.steps % cfg.save_every == 0 and res.steps < total_steps:
             res.seconds = round(seconds0 + time.time() - t0, 1)
             save()

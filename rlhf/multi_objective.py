@@ -4,10 +4,11 @@ adapter whose last D singular values carry lambda, how lambda is sampled, and ho
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 from rlhf.aggregation import AggregationConfig
 from rlhf.config import check, doc_field
+from rlhf.front import TrainEvalConfig
 from rlhf.preference import PreferenceConfig
 from rlhf.scoring import ObjectiveConfig
 from rlhf.svd_lora import SVDLoRAConfig
@@ -17,7 +18,7 @@ from rlhf.svd_lora import SVDLoRAConfig
 class MultiObjectiveConfig:
     """Objectives, adapter, preference sampling and aggregation (mixed into each trainer's config: top-level keys)."""
 
-    PATH_FIELDS: ClassVar[dict[str, str]] = {'objectives[*].model': 'model'}
+    PATH_FIELDS: ClassVar[dict[str, str]] = {'objectives[*].model': 'model', 'eval.prompts': 'data'}
 
     objectives: tuple[ObjectiveConfig, ...] = doc_field((), "the D objectives, in lambda order")
     adapter: Optional[SVDLoRAConfig] = doc_field(factory=SVDLoRAConfig, doc="SVD-LoRA adapter (pref_dim = D)")
@@ -25,6 +26,8 @@ class MultiObjectiveConfig:
     aggregation: AggregationConfig = doc_field(factory=AggregationConfig, doc="how the objectives combine")
     eval_scorers: dict[str, str] = doc_field(
         factory=dict, doc="extra scorers for evaluation, name -> 'module:function' (e.g. a ground-truth oracle)")
+    eval: TrainEvalConfig = doc_field(factory=TrainEvalConfig, doc="the front evaluated during training (W&B, "
+                                                                   "metrics.jsonl): every N steps, off by default")
 
     def __post_init__(self) -> None:
         getattr(super(), "__post_init__", lambda: None)()
@@ -41,6 +44,20 @@ class MultiObjectiveConfig:
         if self.aggregation.ideal is not None:
             check(len(self.aggregation.ideal) == D, "aggregation.ideal",
                   f"needs {D} entries (one per objective {names}), got {len(self.aggregation.ideal)}")
+
+        if self.eval.every:
+            check(all(o.model for o in self.objectives), "eval.every",
+                  "needs a score model for every objective (objectives[].model) to score the front")
+
+    def training_front(self, tokenizer: Any, scorer: Any, rank: int, world: int, synced_gpus: bool = False) -> Any:
+        """The in-training front evaluation (``rlhf/front.py``), or None when ``eval.every`` is 0."""
+        if not self.eval.every:
+            return None
+        from rlhf.front import TrainingFront
+        from rlhf.runs import load_callable
+
+        extra = {name: load_callable(spec) for name, spec in self.eval_scorers.items()}
+        return TrainingFront(self.eval, self.objective_names, tokenizer, scorer, extra, rank, world, synced_gpus)
 
     @property
     def objective_names(self) -> tuple[str, ...]:

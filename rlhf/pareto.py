@@ -62,10 +62,16 @@ def parse_reference(text: Optional[str], dim: int) -> Optional[list[float]]:
     return [float(x) for x in ref]
 
 
-def hypervolume(points: np.ndarray, ref: Sequence[float]) -> float:
+def hypervolume(points: np.ndarray, ref: Sequence[float], strict: bool = True) -> float:
+    """Volume dominated by ``points`` above ``ref``. ``strict``: every point must dominate ref (comparing methods);
+    else points that do not add nothing (a fixed reference over a whole training run, where a point may fall below)."""
     import moocore
 
     points, ref = np.asarray(points, float), np.asarray(ref, float)
+    if not strict:
+        points = points[np.isfinite(points).all(axis=1) & (points > ref).all(axis=1)]
+        if not len(points):
+            return 0.0
     check_reference(points, ref)
     return float(moocore.hypervolume(points, ref=ref, maximise=True))
 
@@ -104,8 +110,9 @@ def non_dominated(points: np.ndarray) -> np.ndarray:
     return ~(ge & gt).any(axis=1)
 
 
-def all_metrics(preferences: np.ndarray, points: np.ndarray, ref: Sequence[float]) -> dict[str, float]:
-    return {"hypervolume": hypervolume(points, ref), "inner_product": inner_product(preferences, points),
+def all_metrics(preferences: np.ndarray, points: np.ndarray, ref: Sequence[float], strict: bool = True
+                ) -> dict[str, float]:
+    return {"hypervolume": hypervolume(points, ref, strict), "inner_product": inner_product(preferences, points),
             "sparsity": sparsity(points), "spacing": spacing(points)}
 
 

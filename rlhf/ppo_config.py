@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Optional
 
+from rlhf.advantages import ESTIMATORS
 from rlhf.config import check, doc_field
 from rlhf.data import DEFAULT_TEMPLATE
 from rlhf.generation import SamplingFields
@@ -73,6 +74,31 @@ class PPOHyperParams(OptimizerFields):
 
 
 @dataclass(frozen=True)
+class AdvantageConfig:
+    """How per-dimension advantages are estimated (``rlhf/advantages.py``): GAE with a D-head critic, or the
+    critic-free group estimator (each prompt sampled ``group_size`` times under one lambda)."""
+
+    estimator: str = doc_field("gae", f"one of {sorted(ESTIMATORS)}: gae = per-dimension GAE with a lambda-conditioned "
+                                      f"critic; group = end score minus the group's baseline, no critic")
+    group_size: int = doc_field(4, "group: samples per prompt (G); rollout_batch_size counts samples, so a step "
+                                   "rolls out rollout_batch_size / G prompts")
+    baseline: Literal["mean", "loo"] = doc_field("mean", "group: the group mean, or leave-one-out (RLOO: the mean of "
+                                                         "the other G - 1 samples)")
+    std_normalize: bool = doc_field(False, "group: divide each dimension's advantages by the group's std (lambda "
+                                           "then weighs standardised advantages, not score units)")
+
+    def __post_init__(self) -> None:
+        check(self.estimator in ESTIMATORS, "estimator", f"must be one of {sorted(ESTIMATORS)}, got {self.estimator!r}")
+        check(self.group_size >= 2, "group_size", f"must be >= 2 (a baseline needs other samples), got "
+                                                  f"{self.group_size}")
+
+    @property
+    def groups(self) -> int:
+        """Samples per prompt: G for the group estimator, 1 for GAE."""
+        return self.group_size if self.estimator == "group" else 1
+
+
+@dataclass(frozen=True)
 class GenerationConfig(SamplingFields):
     """Sampling during rollouts (the sampling fields are shared with evaluation: ``rlhf/generation.py``)."""
 
@@ -95,9 +121,11 @@ class PPOConfig(RunConfig, MultiObjectiveConfig):
     critic_model: Optional[str] = doc_field(None, "critic backbone (null: the actor's base)")
     prompts: PromptDataConfig = doc_field(factory=PromptDataConfig, doc="prompt dataset")
     ppo: PPOHyperParams = doc_field(factory=PPOHyperParams, doc="PPO hyper-parameters")
+    advantage: AdvantageConfig = doc_field(factory=AdvantageConfig, doc="advantage estimator: gae or group")
     generation: GenerationConfig = doc_field(factory=GenerationConfig, doc="rollout sampling")
     ptx: PTXConfig = doc_field(factory=PTXConfig, doc="optional PTX loss")
-    rollout_batch_size: int = doc_field(16, "prompts per rank per PPO step")
+    rollout_batch_size: int = doc_field(16, "sampled responses per rank per PPO step (group estimator: "
+                                            "rollout_batch_size / group_size prompts, each sampled group_size times)")
     mini_batch_size: int = doc_field(16, "samples per rank per optimiser step (divides rollout_batch_size)")
     micro_batch_size: int = doc_field(8, "samples per forward/backward (divides mini_batch_size)")
     total_steps: int = doc_field(100, "PPO steps (rollout + update)")
@@ -119,6 +147,13 @@ class PPOConfig(RunConfig, MultiObjectiveConfig):
         check(self.max_bad_batches >= 1, "max_bad_batches", "must be >= 1")
         check(not (self.generation.merge_adapter and self.preference.per == "sample"), "generation.merge_adapter",
               "needs one lambda per batch (preference.per: batch); per-sample lambdas cannot be merged")
+        if self.advantage.estimator == "group":
+            G = self.advantage.group_size
+            check(self.rollout_batch_size % G == 0, "advantage.group_size",
+                  f"must divide rollout_batch_size ({self.rollout_batch_size}: samples per step), got {G}")
+            check(self.critic_model is None, "critic_model", "must be null with advantage.estimator group (no critic)")
+            check(self.ppo.critic_warmup_steps == 0, "ppo.critic_warmup_steps",
+                  "must be 0 with advantage.estimator group (there is no critic to warm up)")
 
     @property
     def grad_accum(self) -> int:

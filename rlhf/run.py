@@ -278,13 +278,15 @@ class Run:
     def metrics_path(self) -> Path:
         return self.dir / METRICS_FILE
 
-    def log(self, metrics: dict[str, Any], step: int) -> None:
-        """One line in metrics.jsonl (``step`` first) and the same numbers to W&B (rank 0)."""
+    def log(self, metrics: dict[str, Any], step: int, jsonl_extra: Optional[dict[str, Any]] = None) -> None:
+        """One line in metrics.jsonl (``step`` first) and the same numbers to W&B (rank 0); ``jsonl_extra`` (e.g. a
+        whole front) goes to metrics.jsonl only."""
         if self.tracker is not None:
             self.tracker.log({k: v for k, v in metrics.items() if k != "step"}, step)
         if engine.is_main():
             with open(self.metrics_path, "a") as f:
-                f.write(json.dumps({"step": step, **{k: v for k, v in metrics.items() if k != "step"}}) + "\n")
+                f.write(json.dumps({"step": step, **{k: v for k, v in metrics.items() if k != "step"},
+                                    **(jsonl_extra or {})}) + "\n")
 
     def truncate_metrics(self, step: int) -> None:
         """On resume: drop the lines logged after the checkpoint (they will be logged again) and a torn last line."""

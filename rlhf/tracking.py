@@ -64,6 +64,9 @@ def resolve_mode(cfg: WandbConfig) -> str:
     return "offline"
 
 
+STEP = "trainer/step"
+
+
 class Tracker:
     """Thin wrapper: ``log(metrics, step)`` and ``finish()``; a no-op on ranks other than 0."""
 
@@ -86,16 +89,25 @@ class Tracker:
                 raise
             warnings.warn(f"wandb.init online failed ({type(err).__name__}: {err}); logging offline instead")
             self.run = wandb.init(mode="offline", **kwargs)
+        # every panel plots against the trainer's own step (PPO step, optimiser step), also after a resume
+        self.run.define_metric(STEP)
+        self.run.define_metric("*", step_metric=STEP)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if self.run is not None:
-            self.run.log(metrics, step=step)
+            self.run.log({**metrics, STEP: step}, step=step)
+
+    def image(self, key: str, path: str, step: int) -> None:
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Image(path), STEP: step}, step=step)
 
     def table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         if self.run is not None:
             import wandb
 
-            self.run.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
+            self.run.log({key: wandb.Table(columns=columns, data=rows), STEP: step}, step=step)
 
     def finish(self) -> None:
         if self.run is not None:

@@ -18,13 +18,14 @@ import torch
 import yaml
 
 from rlhf import engine
-from rlhf.advantages import gae, kl_rewards, reward_to_go, token_rewards, whiten
+from rlhf.advantages import ESTIMATORS, kl_rewards, reward_to_go, whiten
 from rlhf.aggregation import IdealPoint
 from rlhf.batch import Experience, Rollout
 from rlhf.config import to_dict
 from rlhf.critic import build_critic, save_critic
 from rlhf.data import (PromptStream, check_tokenizer_fits, ensure_pad_token, fit_prompts, format_prompt, load_rows,
                        prompt_column, require_columns)
+from rlhf.front import evaluate_and_log
 from rlhf.generation import make_backend
 from rlhf.losses import masked_mean, policy_loss, value_loss
 from rlhf.ppo_config import PPOConfig, check_runtime
@@ -61,6 +62,8 @@ class PPOTrainer:
         self.run = Run(cfg, "ppo")
         self.rank, self.world, self.out = self.run.rank, self.run.world, self.run.dir
         self.aggregator = cfg.aggregation.build()
+        self.estimator = ESTIMATORS[cfg.advantage.estimator]
+        self.G = cfg.advantage.groups                          # samples per prompt (1 with GAE)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.actor_model)
         ensure_pad_token(self.tokenizer, "policy tokenizer")
         actor_config = AutoConfig.from_pretrained(cfg.actor_model)
@@ -73,15 +76,18 @@ class PPOTrainer:
         self.scorer = Scorer(cfg.objectives, dtype=dtype, ds_config=actor_ds)
         with engine.zero3_init(actor_ds):
             actor = AutoModelForCausalLM.from_pretrained(cfg.actor_model, dtype=dtype)
-            critic = build_critic(cfg.critic_model or cfg.actor_model, len(cfg.objectives), cfg.adapter, dtype)
+            critic = build_critic(cfg.critic_model or cfg.actor_model, len(cfg.objectives), cfg.adapter,
+                                  dtype) if self.estimator.needs_critic else None
         apply_svd_lora(actor, cfg.adapter)
-        actor.eval(), critic.eval()  # dropout off: log-prob ratios must compare like with like
+        actor.eval()  # dropout off: log-prob ratios must compare like with like
         self.trainable, self.total = count_parameters(actor)
 
         sched = cfg.ppo.scheduler(cfg.total_steps * cfg.ppo.ppo_epochs * (cfg.rollout_batch_size // cfg.mini_batch_size))
         self.actor = engine.initialize(actor, actor_ds, sched)
-        self.critic = engine.initialize(critic, critic_ds, sched)
+        # the critic-free estimator builds, steps, checkpoints and saves no critic (one backbone less in memory)
+        self.critic = engine.initialize(critic.eval(), critic_ds, sched) if critic is not None else None
         self.synced_gpus = engine.zero_stage(actor_ds) == 3 and self.world > 1
+        self.front = cfg.training_front(self.tokenizer, self.scorer, self.rank, self.world, self.synced_gpus)
         self.ptx = self._load_ptx()
         self.scores = ScoreProcessor(cfg.objectives, cfg.ppo.score_clip)
         self.ideal = IdealPoint(cfg.aggregation)
@@ -93,7 +99,7 @@ class PPOTrainer:
 
     @property
     def engines(self) -> dict[str, Any]:
-        return {"actor": self.actor, "critic": self.critic}
+        return {"actor": self.actor, **({"critic": self.critic} if self.critic is not None else {})}
 
     # ------------------------------------------------------------------ setup helpers
     def _load_prompts(self) -> PromptStream:
@@ -103,7 +109,7 @@ class PPOTrainer:
         raw = fit_prompts(self.tokenizer, prompt_column(rows, c.prompt_column, c.path), c.max_prompt_length,
                           c.prompt_template, f"prompts of {c.path!r}")       # conversations the policy sees whole
         texts = [format_prompt(self.tokenizer, p, c.prompt_template) for p in raw]
-        return PromptStream(texts, raw, self.cfg.rollout_batch_size, self.cfg.seed, self.rank, self.world)
+        return PromptStream(texts, raw, self.cfg.rollout_batch_size // self.G, self.cfg.seed, self.rank, self.world)
 
     def _load_ptx(self) -> Optional[list[str]]:
         if self.cfg.ptx.path is None:
@@ -114,13 +120,16 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------ phases
     def _preference(self) -> torch.Tensor:
-        """(D,) shared by every rank, or (B, D) one per prompt; a skipped bad batch moves the draw on."""
+        """(D,) shared by every rank, or (B, D) one per prompt (a group of G samples shares its prompt's); a skipped
+        bad batch moves the draw on."""
         cfg = self.cfg
-        return sample_preference(cfg.preference, len(cfg.objectives), cfg.seed, self.step + self.guard.total,
-                                 self.rank, cfg.rollout_batch_size)
+        lam = sample_preference(cfg.preference, len(cfg.objectives), cfg.seed, self.step + self.guard.total,
+                                self.rank, cfg.rollout_batch_size // self.G)                    # (D,) or (B/G, D)
+        return lam if lam.dim() == 1 else lam.repeat_interleave(self.G, dim=0)                  # groups never mix
 
     def _rollout(self, lam: torch.Tensor) -> Rollout:
-        texts, raw = self.prompts.next()
+        texts, raw = self.prompts.next()                                                       # B / G prompts
+        texts, raw = [t for t in texts for _ in range(self.G)], [p for p in raw for _ in range(self.G)]
         g = self.cfg.generation
         return generate_rollout(self.actor.module, self.tokenizer, texts, raw, lam,
                                 max_prompt_length=self.cfg.prompts.max_prompt_length,
@@ -135,13 +144,16 @@ class PPOTrainer:
         return values[:, rollout.prompt_length - 1:-1]                                         # (B, T, D)
 
     def _experience(self, rollout: Rollout, scores: torch.Tensor) -> Experience:
-        p = self.cfg.ppo
+        p, a = self.cfg.ppo, self.cfg.advantage
         mask = rollout.response_mask.float()                                                   # (B, T)
-        with torch.no_grad():
-            values = self._values(self.critic.module, rollout) * mask.unsqueeze(-1)           # (B, T, D)
-        rewards = token_rewards(scores.to(values), rollout.response_mask)                      # (B, T, D)
+        values = None
+        if self.critic is not None:
+            with torch.no_grad():
+                values = self._values(self.critic.module, rollout) * mask.unsqueeze(-1)       # (B, T, D)
         kl, kl_reward = kl_rewards(rollout.old_logprobs, rollout.ref_logprobs, p.kl_coef, mask)  # (B, T) each
-        advantages, returns = gae(rewards, values, mask, p.gamma, p.gae_lambda)                # (B, T, D) each
+        advantages, returns = self.estimator.estimate(
+            scores.float(), values, rollout.response_mask, gamma=p.gamma, gae_lambda=p.gae_lambda,
+            group_size=a.group_size, baseline=a.baseline, std_normalize=a.std_normalize)       # (B, T, D) each
         if p.whiten_advantages:
             advantages = whiten(advantages, mask)
         kl_adv = reward_to_go(kl_reward, mask, p.gamma)                                        # (B, T)
@@ -153,9 +165,12 @@ class PPOTrainer:
         mean score (averaged over ranks, which share lambda) against the ideal point (aggregation.py)."""
         B, D = scores.shape
         lam = rollout.preference.reshape(-1, D).expand(B, D).float()                           # (B, D)
-        J = scores.float().mean(0)                                                             # (D,)
-        if self.aggregator.uses_ideal:
-            J = self._mean_over_ranks({"J": J.cpu()})["J"].float()
+        if not self.aggregator.uses_ideal:
+            return self.ideal.weights(lam, lam).to(scores.device)
+        if rollout.preference.dim() == 1:  # one lambda on every rank: its value is the global batch mean
+            J = self._mean_over_ranks({"J": scores.float().mean(0).cpu()})["J"].float()       # (D,)
+        else:  # one lambda per prompt: its group's mean estimates it (with GAE, a group is one sample)
+            J = scores.float().view(B // self.G, self.G, D).mean(1).repeat_interleave(self.G, 0)  # (B, D)
         return self.ideal.weights(lam, J.to(lam.device)).to(scores.device)                     # (B, D)
 
     def _ptx_loss(self) -> torch.Tensor:
@@ -206,10 +221,12 @@ class PPOTrainer:
                 mb = exp.select(order[start:start + cfg.micro_batch_size]).trimmed()  # drop all-pad columns
                 if train_actor:
                     self._actor_step(mb, stats)
-                self._critic_step(mb, stats)
+                if self.critic is not None:
+                    self._critic_step(mb, stats)
         out: dict[str, Any] = {k: float(np.mean(v)) for k, v in stats.items()
                                if v and not torch.is_tensor(v[0])}
-        out["value_loss"] = torch.stack(stats["value_loss"]).mean(0)                          # (D,)
+        if stats["value_loss"]:
+            out["value_loss"] = torch.stack(stats["value_loss"]).mean(0)                      # (D,)
         return out
 
     # ------------------------------------------------------------------ one step
@@ -250,12 +267,14 @@ class PPOTrainer:
         r = exp.rollout
         mask = r.response_mask.float()
         lengths = mask.sum(-1)                                                                   # (B,)
-        first = exp.returns[:, 0].float()                                                        # (B, D)
         lam = r.preference.float().reshape(-1, raw.shape[1]).mean(0)                             # (D,)
-        local = {"score": raw.float().mean(0), "return": first.mean(0).cpu(), "lambda": lam.cpu(),
+        local = {"score": raw.float().mean(0), "lambda": lam.cpu(),
                  "weight": exp.weights.float().mean(0).cpu(), "J": exp.scores.float().mean(0).cpu(),
-                 "value_loss": upd["value_loss"].float(), "kl": exp.kl.sum(-1).mean().cpu().reshape(1),
+                 "kl": exp.kl.sum(-1).mean().cpu().reshape(1),
                  "length": lengths.mean().cpu().reshape(1), "tokens": lengths.sum().cpu().reshape(1)}
+        if exp.returns is not None:  # the critic's: its targets at the first response token, and its loss
+            local["return"] = exp.returns[:, 0].float().mean(0).cpu()                            # (D,)
+            local["value_loss"] = upd["value_loss"].float()                                      # (D,)
         for k in ("policy_loss", "clipfrac", "approx_kl", "entropy", "ptx_loss"):
             if k in upd:
                 local[k] = torch.tensor([upd[k]])
@@ -263,8 +282,9 @@ class PPOTrainer:
         m: dict[str, Any] = {"step": self.step}
         for i, name in enumerate(self.cfg.objective_names):
             m[f"train/score/{name}"] = g["score"][i].item()
-            m[f"train/return/{name}"] = g["return"][i].item()
-            m[f"train/value_loss/{name}"] = g["value_loss"][i].item()
+            for k in ("return", "value_loss"):
+                if k in g:
+                    m[f"train/{k}/{name}"] = g[k][i].item()
             m[f"train/lambda/{name}"] = g["lambda"][i].item()
             m[f"train/weight/{name}"] = g["weight"][i].item()
             if self.ideal.value is not None:
@@ -283,7 +303,8 @@ class PPOTrainer:
     # ------------------------------------------------------------------ persistence
     def _trainer_state(self) -> dict[str, Any]:
         return {"guard": self.guard.state_dict(), "prompts": self.prompts.state_dict(),
-                "normalizer": self.scores.state_dict(), "ideal": self.ideal.state_dict()}
+                "normalizer": self.scores.state_dict(), "ideal": self.ideal.state_dict(),
+                "front": self.front.state_dict() if self.front is not None else None}
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
@@ -291,26 +312,53 @@ class PPOTrainer:
         self.prompts.load_state_dict(state["prompts"])
         self.scores.load_state_dict(state["normalizer"])
         self.ideal.load_state_dict(state["ideal"])
+        if self.front is not None:
+            self.front.load_state_dict(state.get("front"))
 
-    def save_checkpoint(self) -> Path:
-        return self.run.save_checkpoint(self.step, self.engines, self._trainer_state())
-
-    def save_final(self) -> Path:
-        """``output_dir/policy``: adapter + tokenizer + run config (what evaluate.py and merging read)."""
+    def _policy_writer(self, with_critic: bool) -> Any:
+        """``write(dir)``: adapter + tokenizer + run config (what evaluate.py and merging read), and the critic.
+        Gathers (collective under ZeRO-3) now; ``write`` runs on rank 0."""
         actor_state = engine.full_state_dict(self.actor, only_trainable=True)
-        critic_state = engine.full_state_dict(self.critic, only_trainable=True)
-        actor_fp, critic_fp = engine.base_fingerprint(self.actor), engine.base_fingerprint(self.critic)
+        actor_fp = engine.base_fingerprint(self.actor)
+        with_critic = with_critic and self.critic is not None
+        if with_critic:
+            critic_state = engine.full_state_dict(self.critic, only_trainable=True)
+            critic_fp = engine.base_fingerprint(self.critic)
 
         def write(tmp: Path) -> None:
+            tmp.mkdir(parents=True, exist_ok=True)
             save_adapter(self.actor.module, tmp, state_dict=actor_state, fingerprint=actor_fp)
             self.tokenizer.save_pretrained(tmp)
             (tmp / "ppo_config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
             write_run_info(tmp, trainer="ppo", base_model=self.cfg.actor_model, objectives=self.cfg.objectives,
                            preference=self.cfg.preference, eval_scorers=self.cfg.eval_scorers, step=self.step,
                            prompts_path=self.cfg.prompts.path)
-            save_critic(self.critic.module, tmp / "critic", state=critic_state, fingerprint=critic_fp)
+            if with_critic:
+                save_critic(self.critic.module, tmp / "critic", state=critic_state, fingerprint=critic_fp)
 
-        return self.run.save_result(write, subdir="policy")
+        return write
+
+    def save_checkpoint(self) -> Path:
+        """Engines, RNG and trainer state, plus the policy as evaluate.py reads it (and the in-training evaluation's
+        settings as ``eval.yaml``), so ``evaluate.py --run CKPT --config CKPT/eval.yaml`` gives that step's front."""
+        write_policy = self._policy_writer(with_critic=False)
+
+        def extra(tmp: Path) -> None:
+            write_policy(tmp / "policy")
+            if self.front is not None:
+                (tmp / "eval.yaml").write_text(yaml.safe_dump(self.front.eval_yaml(), sort_keys=False))
+
+        return self.run.save_checkpoint(self.step, self.engines, self._trainer_state(), extra=extra)
+
+    def evaluate_front(self) -> Optional[dict[str, Any]]:
+        """The front now (``eval``), logged to metrics.jsonl and W&B; None when the evaluation is off."""
+        if self.front is None:
+            return None
+        return evaluate_and_log(self.front, self.actor.module, self.run, self.step)
+
+    def save_final(self) -> Path:
+        """``output_dir/policy``: adapter + tokenizer + run config (what evaluate.py and merging read) + critic."""
+        return self.run.save_result(self._policy_writer(with_critic=True), subdir="policy")
 
     def _log_samples(self, exp: Experience) -> None:
         r = exp.rollout
@@ -330,6 +378,8 @@ class PPOTrainer:
         bar = tqdm(total=cfg.total_steps, initial=self.step, disable=not engine.is_main(), desc="ppo",
                    dynamic_ncols=True)
         try:
+            if self.step == 0 and self.run.resume_path is None:
+                self.evaluate_front()  # the starting front: every point is the base model's until the adapter moves
             while self.step < cfg.total_steps:
                 m = self.train_step()
                 if m is None:
@@ -339,6 +389,8 @@ class PPOTrainer:
                     self.run.log(m, self.step)
                     bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in m.items()
                                      if k.startswith("train/score")})
+                if cfg.eval.due(self.step, cfg.total_steps):  # before the checkpoint: a resume never repeats it
+                    self.evaluate_front()
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.total_steps:
                     self.save_checkpoint()
             bar.close()

@@ -65,3 +65,24 @@ def clean_env():
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     return env
+
+
+def write_eos_prone_base(world: Path, path: Path) -> Path:
+    """The tiny base of ``world`` with its EOS logit raised (p(EOS) ~ 0.2 per token), so that response length varies
+    a lot between samples: a behaviour a few PPO steps can move either way (long vs short answers)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(world / "base")
+    lm = AutoModelForCausalLM.from_pretrained(world / "base")
+    prompts = [json.loads(l)["prompt"] for l in (world / "prompts.jsonl").read_text().splitlines()[:16]]
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        h = lm.model(**enc).last_hidden_state[enc["attention_mask"].bool()]                  # (N, H)
+        logits = lm.lm_head(h)                                                                # (N, V)
+        gap = torch.logsumexp(logits, -1).mean() - logits[:, tok.eos_token_id].mean() - 1.5
+        hbar = h.mean(0)
+        lm.lm_head.weight[tok.eos_token_id] += gap * hbar / hbar.pow(2).sum()
+    lm.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -214,7 +214,7 @@ def test_full_disk_keeps_every_complete_checkpoint(world, tmp_path, monkeypatch)
 
 def test_nan_scores_in_evaluation_and_comparison_name_the_scorer(world, tmp_path):
     from rlhf.compare_fronts import compare
-    from rlhf.evaluate import _FiniteMeans
+    from rlhf.front import _FiniteMeans
     from rlhf.pareto import FrontError
 
     mean = _FiniteMeans()

@@ -198,9 +198,15 @@ def test_deepspeed_launcher(world, tmp_path, stage, procs):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_logs_the_same_metrics(world, tmp_path):
+@pytest.mark.parametrize("estimator", ["gae", "group"])
+def test_sigkill_then_resume_logs_the_same_metrics(world, tmp_path, estimator):
+    group = {"advantage": {"estimator": "group", "group_size": 2}} if estimator == "group" else {}
+
+    front = {"every": 2, "prompts": str(world / "prompts.jsonl"), "grid": 0.5, "n_prompts": 2, "max_new_tokens": 4,
+             "max_prompt_length": 64}  # the in-training front: its schedule and reference point survive the kill
+
     def run(out, extra=(), kill_after_checkpoint=False):
-        cfg = make_config(world, out, total_steps=4, save_every=2)
+        cfg = make_config(world, out, total_steps=4, save_every=2, eval=front, **group)
         cmd = [sys.executable, "rlhf/train_ppo.py", "--config", str(cfg), *extra]
         if not kill_after_checkpoint:
             proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
@@ -216,10 +222,11 @@ def test_sigkill_then_resume_logs_the_same_metrics(world, tmp_path):
 
     run(tmp_path / "full")
     run(tmp_path / "killed", kill_after_checkpoint=True)
-    assert len(metrics(tmp_path / "killed")) < 4, "the kill came too late to test resumption"
+    assert len([r for r in metrics(tmp_path / "killed") if "train/kl" in r]) < 4, "the kill came too late to test resumption"
     run(tmp_path / "killed", extra=["--resume_from", "latest"])
 
     def strip(rows):
         return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
 
     assert strip(metrics(tmp_path / "killed")) == strip(metrics(tmp_path / "full"))
+    assert [r["step"] for r in metrics(tmp_path / "killed") if "eval/front" in r] == [0, 2, 4]

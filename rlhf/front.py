@@ -1,0 +1,415 @@
+"""A Pareto front's evaluation, one implementation for ``rlhf/evaluate.py`` and the evaluation inside training.
+
+For every preference: generate on the same held-out prompts with per-prompt sampling noise (common random
+numbers), score every objective with the score models (costs negated: all higher-is-better) and with any extra
+scorer (e.g. a ground-truth oracle), and average over prompts into one point; then the front's metrics against one
+reference point (``rlhf/pareto.py``).
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional, Sequence
+
+import numpy as np
+import torch
+
+from rlhf.config import check, doc_field
+from rlhf.data import DEFAULT_TEMPLATE
+from rlhf.generation import SamplingFields, make_backend, row_seeds
+from rlhf.pareto import FrontError, all_metrics, grid
+from rlhf.rollout import decode_responses, generate
+from rlhf.scoring import Scorer
+from rlhf.svd_lora import PreferenceError, adapter_disabled, validate_preference
+
+
+@dataclass(frozen=True)
+class FrontEvalFields(SamplingFields):
+    """What a front evaluation samples and scores: shared by ``evaluate.py`` and in-training evaluation."""
+
+    grid: float = doc_field(0.1, "simplex grid step (D=2: 11 points, D=3: 66)")
+    preferences: Optional[str] = doc_field(None, "JSON list of preference vectors (overrides grid)")
+    prompts: Optional[str] = doc_field(None, "held-out prompts: hub name or local file (null: the run's prompts)")
+    split: str = doc_field("test", "split (hub datasets)")
+    prompt_column: str = doc_field("prompt", "prompt column")
+    n_prompts: int = doc_field(64, "prompts evaluated (the first N)")
+    seed: int = doc_field(0, "sampling seed: each prompt's noise comes from (seed, prompt index)")
+    batch_size: int = doc_field(16, "prompts per generate call")
+    max_prompt_length: int = doc_field(128, "prompt tokens kept (the end of a longer prompt)")
+    greedy: bool = doc_field(False, "greedy decoding instead of seeded sampling")
+    noise: Literal["per_prompt", "per_batch"] = doc_field(
+        "per_prompt", "sampling noise: per_prompt = each prompt draws from its own seed, the same under every "
+                      "preference and method (common random numbers; batched = one at a time); per_batch = one "
+                      "RNG stream per generate call (HF sampling)")
+    reference_point: Optional[str] = doc_field(None, "comma-separated values, or a JSON file holding one (shared "
+                                                     "across methods and steps)")
+    prompt_template: str = doc_field(DEFAULT_TEMPLATE, "prompt layout when the policy tokenizer has no chat template")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(0 < self.grid <= 1 and abs(round(1 / self.grid) * self.grid - 1) < 1e-9, "grid",
+              f"must divide 1 (e.g. 0.1, 0.25, 0.5), got {self.grid}")
+        check(self.n_prompts >= 1, "n_prompts", f"must be >= 1, got {self.n_prompts}")
+
+
+def load_preferences(cfg: FrontEvalFields, dim: int) -> list[list[float]]:
+    if cfg.preferences:
+        try:
+            prefs = json.loads(Path(cfg.preferences).read_text())
+        except (OSError, ValueError) as err:
+            raise PreferenceError(f"cannot read preferences file {cfg.preferences}: {err}") from None
+        if not isinstance(prefs, list) or not prefs:
+            raise PreferenceError(f"{cfg.preferences} must hold a non-empty JSON list of preference vectors")
+    else:
+        prefs = grid(dim, cfg.grid)
+    for i, p in enumerate(prefs):
+        try:
+            validate_preference(p, dim)
+        except PreferenceError as err:
+            raise PreferenceError(f"preference #{i} {p}: {err}") from None
+    return [list(map(float, p)) for p in prefs]
+
+
+class FrontGenerator:
+    """Responses per (preference, prompt) from one model carrying an SVD-LoRA adapter (evaluation loads it from a
+    run; training passes its live actor). Prompts are given with their global indices, which key their noise."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: FrontEvalFields, one_at_a_time: bool = False,
+                 synced_gpus: bool = False) -> None:
+        self.model, self.tokenizer, self.cfg, self.one_at_a_time = model, tokenizer, cfg, one_at_a_time
+        self.gen_kwargs = dict(max_prompt_length=cfg.max_prompt_length, max_new_tokens=cfg.max_new_tokens,
+                               temperature=cfg.temperature, top_p=cfg.top_p, do_sample=not cfg.greedy,
+                               backend=make_backend(cfg.backend, cfg.compile_backend), synced_gpus=synced_gpus)
+
+    def _generate(self, prompts: list[str], pref: Optional[torch.Tensor], keys: list[int], k: int) -> list[str]:
+        """Responses to ``prompts`` (global prompt indices ``keys``, from prompt batch ``k``) under ``pref``."""
+        seeds = None
+        if self.cfg.noise == "per_prompt":  # the same noise for a prompt under every preference, method and batch
+            seeds = row_seeds(self.cfg.seed, keys)
+        else:                               # one RNG stream per generate call (rows of a batch draw in turn)
+            torch.manual_seed(self.cfg.seed + k)
+        seqs, _, P, _ = generate(self.model, self.tokenizer, prompts, pref, seeds=seeds, **self.gen_kwargs)
+        return decode_responses(self.tokenizer, seqs, P)
+
+    def batches(self, prompts: list[str], keys: Optional[list[int]] = None) -> list[tuple[int, list[int], list[str]]]:
+        keys = list(range(len(prompts))) if keys is None else keys
+        b = self.cfg.batch_size
+        return [(keys[i] // b, keys[i:i + b], prompts[i:i + b]) for i in range(0, len(prompts), b)]
+
+    @torch.no_grad()
+    def panacea(self, prefs: list[list[float]], prompts: list[str], keys: Optional[list[int]] = None
+                ) -> list[list[str]]:
+        """out[j][i]: response to prompt i under preference j."""
+        out: list[list[str]] = [[] for _ in prefs]
+        for k, ks, batch in self.batches(prompts, keys):
+            if not self.one_at_a_time:  # all preferences of this prompt batch in one generate call, one per row
+                rows = [p for _ in prefs for p in batch]
+                lam = torch.tensor([pref for pref in prefs for _ in batch])                        # (P*b, D)
+                texts = self._generate(rows, lam, ks * len(prefs), k)
+                for j in range(len(prefs)):
+                    out[j] += texts[j * len(batch):(j + 1) * len(batch)]
+            else:
+                for j, pref in enumerate(prefs):
+                    out[j] += self._generate(batch, torch.tensor(pref), ks, k)
+        return out
+
+    @torch.no_grad()
+    def unconditioned(self, prompts: list[str], keys: Optional[list[int]] = None) -> list[str]:
+        """Responses of the model as it is (no preference input): the base under ``adapter_disabled``, or a merged
+        set of weights."""
+        return [t for k, ks, batch in self.batches(prompts, keys) for t in self._generate(batch, None, ks, k)]
+
+    def base(self, prompts: list[str], keys: Optional[list[int]] = None) -> list[str]:
+        with adapter_disabled(self.model):
+            return self.unconditioned(prompts, keys)
+
+
+class _FiniteMeans:
+    """Means over (prompt) rows that leave out rows with NaN/inf scores, counted per scorer and reported once."""
+
+    def __init__(self) -> None:
+        self.skipped: dict[str, list[int]] = {}
+
+    def __call__(self, values: np.ndarray, scorer: str, pref: Any) -> np.ndarray:
+        """values: (N, D) one scorer's scores of N responses -> (D,) the mean over rows that are finite."""
+        ok = np.isfinite(values).all(axis=1)                                                   # (N,)
+        counts = self.skipped.setdefault(scorer, [0, 0])
+        counts[0] += int((~ok).sum())
+        counts[1] += len(ok)
+        if not ok.any():
+            raise FrontError(f"scorer {scorer!r} gave NaN/inf scores for every response at preference {pref}; "
+                             f"check that scorer (a score model's weights, or an extra scorer's code)")
+        return values[ok].mean(0)
+
+    def warn(self) -> None:
+        for scorer, (bad, total) in self.skipped.items():
+            if bad:
+                warnings.warn(f"scorer {scorer!r} gave NaN/inf scores for {bad} of {total} (preference, prompt) "
+                              f"pairs; those pairs were left out of its means")
+
+
+def score_responses(scorer: Scorer, extra: dict[str, Callable], raw_prompts: list[str], responses: list[list[str]]
+                    ) -> dict[str, np.ndarray]:
+    """Per scorer ("score models" and each extra one) the (P, N, D) scores of N prompts' responses under P
+    preferences."""
+    out: dict[str, list] = {"score models": [], **{name: [] for name in extra}}
+    for texts in responses:
+        out["score models"].append(scorer.raw(raw_prompts, texts).float().numpy())
+        for name, fn in extra.items():
+            out[name].append(np.asarray(fn(raw_prompts, texts), float))
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def front_points(per_prompt: dict[str, np.ndarray], prefs: Optional[Sequence[Any]] = None) -> dict[str, np.ndarray]:
+    """Per scorer the (P, D) front: each preference's mean over prompts. Responses with non-finite scores are left
+    out of a point's mean (counted, named by scorer); a point with none left is refused."""
+    mean = _FiniteMeans()
+    points = {k: np.stack([mean(v[j], k, prefs[j] if prefs is not None else "base") for j in range(len(v))])
+              for k, v in per_prompt.items()}
+    mean.warn()
+    return points
+
+
+def paired_margin_se(per_prompt: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """(P, D) standard error of each point's margin over the base point, paired by prompt: std over prompts of
+    (score under lambda - base score) / sqrt(N). Shared sampling noise (``noise: per_prompt``) shrinks it."""
+    diff = per_prompt - base[None]                                                            # (P, N, D)
+    n = np.isfinite(diff).sum(1)                                                              # (P, D)
+    return np.nanstd(diff, axis=1, ddof=1) / np.sqrt(np.maximum(n, 1))
+
+
+def summarize(names: Sequence[str], prefs: Sequence[Sequence[float]], per_prompt: dict[str, np.ndarray],
+              reference: Sequence[float], base_per_prompt: Optional[dict[str, np.ndarray]] = None,
+              extra_references: Optional[dict[str, Sequence[float]]] = None, strict: bool = True) -> dict[str, Any]:
+    """The front's record: points per scorer, the base point, paired margin SEs and metrics (score models against
+    ``reference``; each extra scorer against ``extra_references[name]`` or one derived from its own front).
+    ``strict``: refuse points below the reference (comparing methods); else they add no volume (training)."""
+    from rlhf.pareto import default_reference
+
+    prefs_np = np.asarray(prefs, float)
+    fronts = front_points(per_prompt, prefs)
+    points, extra_points = fronts.pop("score models"), fronts
+    base_point, base_extra, margin_se = None, {}, {}
+    if base_per_prompt is not None:
+        base = front_points(base_per_prompt)
+        base_point, base_extra = base.pop("score models")[0].tolist(), {k: v[0].tolist() for k, v in base.items()}
+        margin_se = {k: paired_margin_se(per_prompt[k], base_per_prompt[k][0]).tolist() for k in per_prompt}
+    extra_references = extra_references or {}
+    extra_refs = {k: list(extra_references.get(k) or default_reference([v])) for k, v in extra_points.items()}
+    return {
+        "objectives": list(names), "preferences": prefs_np.tolist(),
+        "points": points.tolist(), "extra_points": {k: v.tolist() for k, v in extra_points.items()},
+        "reference_point": list(reference), "metrics": all_metrics(prefs_np, points, reference, strict),
+        "extra_reference_points": extra_refs,
+        "extra_metrics": {k: all_metrics(prefs_np, v, extra_refs[k], strict) for k, v in extra_points.items()},
+        "base_point": base_point, "base_extra_points": base_extra,
+        "base_margin_se": margin_se,  # scorer -> (P, D) paired standard error of (point - base point)
+        "per_prompt": {k: v.tolist() for k, v in per_prompt.items()},  # scorer -> (P, N, D)
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The front during training (PPO, DPO, Panacea-SFT): the same evaluation on a schedule, logged every time
+# ----------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainEvalConfig(FrontEvalFields):
+    """The front evaluated while training (``eval.every`` steps), by the same code as ``rlhf/evaluate.py``: a fixed
+    prompt subset and per-prompt noise, so points are comparable over steps; one reference point for the run."""
+
+    every: int = doc_field(0, "evaluate the front every N steps (and at step 0 and the end); 0: never")
+    grid: float = doc_field(0.25, "simplex grid step (D=2: 5 points, D=3: 15)")
+    n_prompts: int = doc_field(32, "held-out prompts evaluated (the first N)")
+    with_base: bool = doc_field(True, "also score the base model once (adapter off) and mark it on the plots")
+    reference_margin: float = doc_field(0.5, "null reference_point: derived at the first evaluation, this fraction of "
+                                             "the front's range below it (kept for the whole run)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.every >= 0, "every", f"must be >= 0 (0: never), got {self.every}")
+        check(self.every == 0 or self.prompts is not None, "prompts",
+              "is required when eval.every > 0: the held-out prompts to evaluate the front on")
+        check(self.reference_margin > 0, "reference_margin", f"must be > 0, got {self.reference_margin}")
+
+    def due(self, step: int, last: int) -> bool:
+        return self.every > 0 and (step % self.every == 0 or step == last)
+
+
+class TrainingFront:
+    """Evaluates the live model's front on a fixed prompt subset; rank r takes prompts r, r + world, ...; the
+    per-prompt scores are gathered so every rank returns the same record as ``evaluate.py`` on the checkpoint."""
+
+    def __init__(self, cfg: TrainEvalConfig, names: Sequence[str], tokenizer: Any, scorer: Scorer,
+                 extra: dict[str, Callable], rank: int = 0, world: int = 1, synced_gpus: bool = False) -> None:
+        from rlhf.data import fit_prompts, format_prompt, load_rows, prompt_column, require_columns
+
+        self.cfg, self.names, self.tokenizer, self.scorer, self.extra = cfg, list(names), tokenizer, scorer, extra
+        self.rank, self.world, self.synced = rank, world, synced_gpus
+        rows = load_rows(cfg.prompts, cfg.split, cfg.n_prompts)
+        require_columns(rows, [cfg.prompt_column], cfg.prompts, hint="set eval.prompt_column")
+        raw = fit_prompts(tokenizer, list(prompt_column(rows, cfg.prompt_column, cfg.prompts)), cfg.max_prompt_length,
+                          cfg.prompt_template, f"eval prompts of {cfg.prompts!r}")
+        if len(raw) < world:
+            from rlhf.data import DataError
+
+            raise DataError(f"eval.n_prompts gives {len(raw)} prompts for {world} processes: give each at least one")
+        self.raw, self.texts = raw, [format_prompt(tokenizer, p, cfg.prompt_template) for p in raw]
+        self.prefs = load_preferences(cfg, len(self.names))
+        # this rank's prompts, padded (repeating its first) so that every rank makes as many generate calls: under
+        # ZeRO-3 generation is collective
+        per = -(-len(raw) // world)
+        mine = list(range(rank, len(raw), world))
+        self.keys = mine + mine[:1] * (per - len(mine))
+        self.reference: Optional[list[float]] = None
+        self.base: Optional[dict[str, np.ndarray]] = None                              # scorer -> (1, N, D)
+
+    def _gather(self, local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per scorer (P, N_local, D) -> (P, N, D) in prompt order (padding dropped)."""
+        from rlhf import engine
+
+        parts = engine.gather_objects((self.keys, local))
+        out: dict[str, np.ndarray] = {}
+        for name in local:
+            full = np.full((local[name].shape[0], len(self.raw), local[name].shape[2]), np.nan)
+            for keys, scores in parts:
+                for i, k in enumerate(keys):
+                    full[:, k] = scores[name][:, i]
+            out[name] = full
+        return out
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, Any]:
+        """The front's record (``summarize``), with the run's fixed reference point. Collective: every rank calls."""
+        gen = FrontGenerator(model, self.tokenizer, self.cfg, synced_gpus=self.synced)
+        texts, raw = [self.texts[k] for k in self.keys], [self.raw[k] for k in self.keys]
+        was_training = model.training
+        model.eval()
+        try:
+            per_prompt = self._gather(score_responses(self.scorer, self.extra, raw, gen.panacea(self.prefs, texts,
+                                                                                                 self.keys)))
+            if self.cfg.with_base and self.base is None:  # the adapter off does not change: once per run
+                self.base = self._gather(score_responses(self.scorer, self.extra, raw, [gen.base(texts, self.keys)]))
+        finally:
+            model.train(was_training)
+        if self.reference is None:
+            self.reference = self._derive_reference(per_prompt)
+        return summarize(self.names, self.prefs, per_prompt, self.reference["score models"], self.base,
+                         {k: v for k, v in self.reference.items() if k != "score models"}, strict=False)
+
+    def _derive_reference(self, per_prompt: dict[str, np.ndarray]) -> dict[str, list[float]]:
+        """Per scorer a point below this first front (and the base) by ``reference_margin`` of its range."""
+        from rlhf.pareto import default_reference, parse_reference
+
+        given = parse_reference(self.cfg.reference_point, len(self.names))
+        fronts = front_points(per_prompt, self.prefs)
+        bases = front_points(self.base) if self.base is not None else {}
+        refs = {k: default_reference([v] + ([bases[k]] if k in bases else []), margin=self.cfg.reference_margin)
+                for k, v in fronts.items()}
+        if given is not None:
+            refs["score models"] = given
+        return refs
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reference": self.reference,
+                "base": None if self.base is None else {k: v.tolist() for k, v in self.base.items()}}
+
+    def load_state_dict(self, state: Optional[dict[str, Any]]) -> None:
+        if state:
+            self.reference = state["reference"]
+            self.base = None if state["base"] is None else {k: np.asarray(v, float) for k, v in state["base"].items()}
+
+    def eval_yaml(self) -> dict[str, Any]:
+        """``evaluate.py --config`` values that reproduce this evaluation on a checkpoint (same prompts, noise and
+        reference points)."""
+        from rlhf.config import to_dict
+
+        cfg = {k: v for k, v in to_dict(self.cfg).items() if k in {f for f in FrontEvalFields.__dataclass_fields__}}
+        ref = self.reference or {}
+        cfg["reference_point"] = ",".join(map(str, ref["score models"])) if "score models" in ref else None
+        cfg["extra_reference_points"] = {k: ",".join(map(str, v)) for k, v in ref.items() if k != "score models"}
+        cfg["with_base"] = self.cfg.with_base
+        return cfg
+
+
+def front_metrics(record: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """Scalars to log from a front record: per scorer the hypervolume, inner product, sparsity and spacing, and each
+    objective's score at every vertex and at the centre of the simplex (the preference nearest to it)."""
+    prefs = np.asarray(record["preferences"], float)
+    D = len(names)
+    vertices = {i: int(np.argmax(prefs[:, i])) for i in range(D)}
+    centre = int(np.argmin(np.abs(prefs - 1.0 / D).sum(1)))
+    out: dict[str, Any] = {}
+    scorers = {"score_models": (record["points"], record["metrics"]),
+               **{k: (record["extra_points"][k], record["extra_metrics"][k]) for k in record["extra_points"]}}
+    for scorer, (points, metrics) in scorers.items():
+        pts = np.asarray(points, float)
+        for k, v in metrics.items():
+            out[f"eval/{scorer}/{k}"] = v
+        for i, j in vertices.items():
+            for d, name in enumerate(names):
+                out[f"eval/{scorer}/vertex_{names[i]}/{name}"] = float(pts[j, d])
+        for d, name in enumerate(names):
+            out[f"eval/{scorer}/centre/{name}"] = float(pts[centre, d])
+    return out
+
+
+def compact(record: dict[str, Any]) -> dict[str, Any]:
+    """What metrics.jsonl keeps of a front (enough to plot it later without W&B): preferences, points and base
+    point per scorer, reference points."""
+    return {"preferences": record["preferences"], "points": record["points"], "extra_points": record["extra_points"],
+            "base_point": record["base_point"], "base_extra_points": record["base_extra_points"],
+            "reference_point": record["reference_point"], "extra_reference_points": record["extra_reference_points"],
+            "objectives": record["objectives"]}
+
+
+def plot_record(record: dict[str, Any], path: Path, title: str, scorer: Optional[str] = None) -> Path:
+    """The front (coloured by lambda, the base point marked) of one scorer as a PNG."""
+    from rlhf.pareto import plot_fronts
+
+    points = record["points"] if scorer is None else record["extra_points"][scorer]
+    base = record["base_point"] if scorer is None else record["base_extra_points"].get(scorer)
+    plot_fronts({"front": (np.asarray(record["preferences"]), np.asarray(points))}, record["objectives"], str(path),
+                title=title, base_point=base)
+    return path
+
+
+def log_front(run: Any, record: dict[str, Any], step: int, seconds: float) -> dict[str, Any]:
+    """One evaluation into metrics.jsonl (scalars and the compact front) and W&B (scalars, a front image per
+    scorer, and a table of the points that W&B can compare across steps). Rank 0 writes."""
+    from rlhf import engine
+
+    names = record["objectives"]
+    metrics = {**front_metrics(record, names), "time/eval": round(seconds, 3)}
+    run.log(metrics, step, jsonl_extra={"eval/front": compact(record)})
+    tracker = run.tracker
+    if engine.is_main() and tracker is not None and tracker.run is not None:
+        out = run.dir / "eval_fronts"
+        out.mkdir(exist_ok=True)
+        for scorer in [None, *record["extra_points"]]:
+            label = scorer or "score_models"
+            png = plot_record(record, out / f"{label}_step_{step:08d}.png", f"step {step}: {label}", scorer)
+            tracker.image(f"eval/{label}/front_plot", str(png), step)
+        cols = ["step"] + [f"lambda/{n}" for n in names] + [f"{s}/{n}" for s in ["score_models", *record["extra_points"]]
+                                                            for n in names]
+        rows = [[step, *p, *record["points"][j], *[x for k in record["extra_points"] for x in record["extra_points"][k][j]]]
+                for j, p in enumerate(record["preferences"])]
+        tracker.table("eval/front_table", cols, rows, step)
+    return metrics
+
+
+def evaluate_and_log(front: "TrainingFront", model: torch.nn.Module, run: Any, step: int) -> dict[str, Any]:
+    """Evaluate the front now and log it; the training RNG streams are left exactly as they were (evaluation
+    must not change what training samples next, or a resumed run would diverge). Collective."""
+    import time
+
+    from rlhf.checkpoint import rng_state, set_rng_state
+
+    saved = rng_state()
+    t0 = time.perf_counter()
+    try:
+        record = front(model)
+    finally:
+        set_rng_state(saved)
+    return log_front(run, record, step, time.perf_counter() - t0)
