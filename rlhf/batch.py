@@ -16,7 +16,8 @@ class Rollout:
     sequences: torch.Tensor          # (B, P+T) prompt (left-padded) + response (right-padded) token ids
     attention_mask: torch.Tensor     # (B, P+T) 1 on real prompt tokens and response tokens up to EOS
     response_mask: torch.Tensor      # (B, T) 1 on response tokens up to and including EOS
-    old_logprobs: torch.Tensor       # (B, T) log pi_old(y_t | x, y_<t; lambda)
+    old_logprobs: torch.Tensor | None  # (B, T) log pi_old(y_t | x, y_<t; lambda); None: one update per batch,
+                                       # where pi_old is the first update's own (detached) log-probs
     ref_logprobs: torch.Tensor       # (B, T) log pi_ref, the same network with the adapter off
     preference: torch.Tensor         # (D,) or (B, D) lambda used for this batch
     prompts: tuple[str, ...]         # B raw prompt strings (score models re-format them)
@@ -39,8 +40,9 @@ class Experience:
     values: torch.Tensor | None      # (B, T, D) critic values under lambda at generation time (None: no critic)
     advantages: torch.Tensor         # (B, T, D) per-dimension advantages (GAE, or the group estimator's)
     returns: torch.Tensor | None     # (B, T, D) advantages + values: the critic's targets (None: no critic)
-    kl_advantages: torch.Tensor      # (B, T) reward-to-go of the KL penalty (enters the objective once)
-    kl: torch.Tensor                 # (B, T) log pi_old - log pi_ref per token
+    kl_advantages: torch.Tensor | None  # (B, T) reward-to-go of the KL penalty (enters the objective once); None
+                                        # with old_logprobs None: the update computes it from its own log-probs
+    kl: torch.Tensor | None          # (B, T) log pi_old - log pi_ref per token (None: as kl_advantages)
     weights: torch.Tensor            # (B, D) aggregation weights on the simplex (LS: lambda; Tche: lagging dimension)
 
     def select(self, idx: torch.Tensor) -> "Experience":
@@ -48,7 +50,8 @@ class Experience:
         r = self.rollout
         pref = r.preference if r.preference.dim() == 1 else r.preference[idx]
         sub_rollout = replace(r, sequences=r.sequences[idx], attention_mask=r.attention_mask[idx],
-                              response_mask=r.response_mask[idx], old_logprobs=r.old_logprobs[idx],
+                              response_mask=r.response_mask[idx],
+                              old_logprobs=None if r.old_logprobs is None else r.old_logprobs[idx],
                               ref_logprobs=r.ref_logprobs[idx], preference=pref,
                               prompts=tuple(r.prompts[i] for i in idx.tolist()),
                               responses=tuple(r.responses[i] for i in idx.tolist()))
@@ -67,7 +70,8 @@ class Experience:
         if lead == 0 and T == r.response_mask.shape[1]:
             return self
         sub_rollout = replace(r, sequences=r.sequences[:, lead:P + T], attention_mask=r.attention_mask[:, lead:P + T],
-                              response_mask=r.response_mask[:, :T], old_logprobs=r.old_logprobs[:, :T],
+                              response_mask=r.response_mask[:, :T],
+                              old_logprobs=None if r.old_logprobs is None else r.old_logprobs[:, :T],
                               ref_logprobs=r.ref_logprobs[:, :T])
         tensors = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rollout"}
         tensors.update({k: v[:, :T] for k, v in tensors.items() if k not in PER_SEQUENCE and v is not None})

@@ -82,7 +82,8 @@ class FrontGenerator:
         self.model, self.tokenizer, self.cfg, self.one_at_a_time = model, tokenizer, cfg, one_at_a_time
         self.gen_kwargs = dict(max_prompt_length=cfg.max_prompt_length, max_new_tokens=cfg.max_new_tokens,
                                temperature=cfg.temperature, top_p=cfg.top_p, do_sample=not cfg.greedy,
-                               backend=make_backend(cfg.backend, cfg.compile_backend), synced_gpus=synced_gpus)
+                               backend=make_backend(cfg.backend, cfg.compile_backend, cfg.compile_mode),
+                               synced_gpus=synced_gpus)
 
     def _generate(self, prompts: list[str], pref: Optional[torch.Tensor], keys: list[int], k: int) -> list[str]:
         """Responses to ``prompts`` (global prompt indices ``keys``, from prompt batch ``k``) under ``pref``."""

@@ -56,6 +56,9 @@ class SamplingFields:
         "hf", f"decoder, one of {list(BACKENDS)}: hf = eager dynamic cache; hf_static_compile = static cache + "
               f"torch.compile, compiled once per run, lambda a graph input (GPU; ZeRO stage 0-2)")
     compile_backend: str = doc_field("inductor", "torch.compile backend for hf_static_compile ('eager' on CPU)")
+    compile_mode: Optional[str] = doc_field(
+        "reduce-overhead", "torch.compile mode for hf_static_compile with inductor: reduce-overhead captures the "
+                           "decode step as a CUDA graph (replayed every token; null: plain inductor)")
 
     def __post_init__(self) -> None:
         getattr(super(), "__post_init__", lambda: None)()
@@ -179,7 +182,9 @@ class HFStaticCompiled(HFEager):
         from transformers import CompileConfig
 
         # One config object for the whole run: transformers re-compiles whenever it sees a different one.
-        self.compile_config = CompileConfig(backend=compile_backend, mode=compile_mode, fullgraph=False)
+        # mode only means something to inductor (other backends warn and ignore it)
+        mode = compile_mode if compile_backend == "inductor" else None
+        self.compile_config = CompileConfig(backend=compile_backend, mode=mode, fullgraph=False)
         self.compile_config._compile_all_devices = True  # transformers compiles on CUDA only unless told
         self.cache_kwargs = {"cache_implementation": "static", "compile_config": self.compile_config}
 

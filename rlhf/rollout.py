@@ -19,7 +19,7 @@ from torch import nn
 from rlhf.batch import Rollout
 from rlhf.generation import GenerationBackend, HFEager, SharedNoiseSampling
 from rlhf.losses import logprobs_from_logits
-from rlhf.svd_lora import adapter_rows, merged, scoped_preference
+from rlhf.svd_lora import adapter_disabled, adapter_rows, merged, scoped_preference
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -130,13 +130,25 @@ def decode_responses(tokenizer: Any, sequences: torch.Tensor, prompt_length: int
 
 
 @torch.no_grad()
+@torch.no_grad()
+def reference_logprobs(actor: nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor, response_len: int,
+                       temperature: float) -> torch.Tensor:
+    """(B, T) log-probs under pi_ref alone (adapter off)."""
+    with adapter_disabled(actor):
+        lp, _ = response_logprobs(actor, sequences, attention_mask, response_len, temperature)   # (B, T)
+    return lp
+
+
+@torch.no_grad()
 def generate_rollout(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[str], raw_prompts: Sequence[str],
                      preference: torch.Tensor, *, max_prompt_length: int, max_new_tokens: int, temperature: float,
                      top_p: float, synced_gpus: bool = False, do_sample: bool = True, merge: bool = False,
-                     backend: Optional[GenerationBackend] = None) -> Rollout:
+                     backend: Optional[GenerationBackend] = None, old_logprobs: bool = True) -> Rollout:
     """Generate one response per prompt with lambda set, then score it under pi_old and pi_ref.
 
     ``merge``: generate with lambda merged into W0 (``svd_lora.merged``); log-probs still use the adapter form.
+    ``old_logprobs`` False: only pi_ref (half the forward): when a batch gets exactly one optimiser update, pi_old
+    is the update's own log-probs (the ratio is 1 there), so the trainer takes them from that forward.
     """
     with merged(actor, preference) if merge else contextlib.nullcontext():
         sequences, attention_mask, P, response_mask = generate(actor, tokenizer, prompt_texts,
@@ -146,9 +158,13 @@ def generate_rollout(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[st
                                                            top_p=top_p, synced_gpus=synced_gpus,
                                                            do_sample=do_sample, backend=backend)
     T = response_mask.shape[1]
-    old_logprobs, ref_logprobs = policy_and_reference_logprobs(actor, sequences, attention_mask, T, temperature,
-                                                               preference)                    # (B, T) each
+    if old_logprobs:
+        old, ref = policy_and_reference_logprobs(actor, sequences, attention_mask, T, temperature,
+                                                 preference)                                  # (B, T) each
+        old = old * response_mask
+    else:
+        old, ref = None, reference_logprobs(actor, sequences, attention_mask, T, temperature)   # (B, T)
     return Rollout(sequences=sequences, attention_mask=attention_mask, response_mask=response_mask,
-                   old_logprobs=old_logprobs * response_mask, ref_logprobs=ref_logprobs * response_mask,
+                   old_logprobs=old, ref_logprobs=ref * response_mask,
                    preference=preference.to(sequences.device), prompts=tuple(raw_prompts),
                    responses=tuple(decode_responses(tokenizer, sequences, P)))

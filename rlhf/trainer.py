@@ -63,6 +63,9 @@ class PPOTrainer:
         self.rank, self.world, self.out = self.run.rank, self.run.world, self.run.dir
         self.aggregator = cfg.aggregation.build()
         self.estimator = ESTIMATORS[cfg.advantage.estimator]
+        # One optimiser update per rollout batch: pi_old is that update's own forward (ratio 1), so the rollout
+        # needs only reference log-probs (half the no-grad pass), as TRL's GRPO does with num_iterations = 1.
+        self.single_update = cfg.ppo.ppo_epochs == 1 and cfg.mini_batch_size == cfg.rollout_batch_size
         self.G = cfg.advantage.groups                          # samples per prompt (1 with GAE)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.actor_model)
         ensure_pad_token(self.tokenizer, "policy tokenizer")
@@ -71,7 +74,8 @@ class PPOTrainer:
         self.prompts = self._load_prompts()  # data errors surface before any model is loaded
         hidden = getattr(actor_config.get_text_config(), "hidden_size", None)
         actor_ds, critic_ds = check_runtime(cfg, self.world, hidden)
-        self.generator = make_backend(cfg.generation.backend, cfg.generation.compile_backend)
+        self.generator = make_backend(cfg.generation.backend, cfg.generation.compile_backend,
+                                      cfg.generation.compile_mode)
         dtype = engine.DTYPES[cfg.precision]
         self.scorer = Scorer(cfg.objectives, dtype=dtype, ds_config=actor_ds)
         with engine.zero3_init(actor_ds):
@@ -134,7 +138,8 @@ class PPOTrainer:
         return generate_rollout(self.actor.module, self.tokenizer, texts, raw, lam,
                                 max_prompt_length=self.cfg.prompts.max_prompt_length,
                                 max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                                synced_gpus=self.synced_gpus, merge=g.merge_adapter, backend=self.generator)
+                                synced_gpus=self.synced_gpus, merge=g.merge_adapter, backend=self.generator,
+                                old_logprobs=not self.single_update)
 
     def _values(self, model: Any, rollout: Rollout) -> torch.Tensor:
         """(B, T, D) values at the positions that generate each response token, under the rollout's lambda."""
@@ -150,13 +155,15 @@ class PPOTrainer:
         if self.critic is not None:
             with torch.no_grad():
                 values = self._values(self.critic.module, rollout) * mask.unsqueeze(-1)       # (B, T, D)
-        kl, kl_reward = kl_rewards(rollout.old_logprobs, rollout.ref_logprobs, p.kl_coef, mask)  # (B, T) each
+        kl = kl_adv = None  # with one update per batch, its forward gives pi_old and the KL terms (_actor_step)
+        if rollout.old_logprobs is not None:
+            kl, kl_reward = kl_rewards(rollout.old_logprobs, rollout.ref_logprobs, p.kl_coef, mask)  # (B, T) each
+            kl_adv = reward_to_go(kl_reward, mask, p.gamma)                                    # (B, T)
         advantages, returns = self.estimator.estimate(
             scores.float(), values, rollout.response_mask, gamma=p.gamma, gae_lambda=p.gae_lambda,
             group_size=a.group_size, baseline=a.baseline, std_normalize=a.std_normalize)       # (B, T, D) each
         if p.whiten_advantages:
             advantages = whiten(advantages, mask)
-        kl_adv = reward_to_go(kl_reward, mask, p.gamma)                                        # (B, T)
         return Experience(rollout=rollout, scores=scores, values=values, advantages=advantages,
                           returns=returns, kl_advantages=kl_adv, kl=kl, weights=self._weights(rollout, scores))
 
@@ -187,8 +194,13 @@ class PPOTrainer:
         with scoped_preference(self.actor.module, r.preference):
             logprobs, entropy = response_logprobs(self.actor, r.sequences, r.attention_mask, r.response_mask.shape[1],
                                                   cfg.generation.temperature, with_entropy=True)
-            loss, s = policy_loss(logprobs, r.old_logprobs, mb.advantages, mb.kl_advantages, mask, mb.weights,
-                                  p.clip_ratio)
+            old, kl_adv = r.old_logprobs, mb.kl_advantages
+            if old is None:  # the single update on this batch: pi_old is this forward, the KL terms follow from it
+                old = logprobs.detach()
+                kl, kl_reward = kl_rewards(old, r.ref_logprobs, p.kl_coef, mask)                # (b, T) each
+                kl_adv = reward_to_go(kl_reward, mask, p.gamma)                                # (b, T)
+                stats["kl"] += kl.sum(-1).tolist()
+            loss, s = policy_loss(logprobs, old, mb.advantages, kl_adv, mask, mb.weights, p.clip_ratio)
             if self.ptx is not None:
                 ptx = self._ptx_loss()
                 loss = loss + cfg.ptx.coef * ptx
@@ -212,13 +224,15 @@ class PPOTrainer:
     def _update(self, exp: Experience) -> dict[str, Any]:
         cfg, p = self.cfg, self.cfg.ppo
         stats: dict[str, list] = {k: [] for k in ("policy_loss", "clipfrac", "approx_kl", "entropy", "value_loss",
-                                                   "ptx_loss")}
+                                                   "ptx_loss", "kl")}
         train_actor = self.step >= p.critic_warmup_steps
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.step)
+        tokens = 0
         for _ in range(p.ppo_epochs):
             order = torch.randperm(cfg.rollout_batch_size, generator=gen)
             for start in range(0, cfg.rollout_batch_size, cfg.micro_batch_size):
                 mb = exp.select(order[start:start + cfg.micro_batch_size]).trimmed()  # drop all-pad columns
+                tokens += int(mb.rollout.attention_mask.numel())
                 if train_actor:
                     self._actor_step(mb, stats)
                 if self.critic is not None:
@@ -227,6 +241,7 @@ class PPOTrainer:
                                if v and not torch.is_tensor(v[0])}
         if stats["value_loss"]:
             out["value_loss"] = torch.stack(stats["value_loss"]).mean(0)                      # (D,)
+        out["tokens"] = tokens
         return out
 
     # ------------------------------------------------------------------ one step
@@ -270,7 +285,7 @@ class PPOTrainer:
         lam = r.preference.float().reshape(-1, raw.shape[1]).mean(0)                             # (D,)
         local = {"score": raw.float().mean(0), "lambda": lam.cpu(),
                  "weight": exp.weights.float().mean(0).cpu(), "J": exp.scores.float().mean(0).cpu(),
-                 "kl": exp.kl.sum(-1).mean().cpu().reshape(1),
+                 "kl": torch.tensor([exp.kl.sum(-1).mean().item() if exp.kl is not None else upd.get("kl", 0.0)]),
                  "length": lengths.mean().cpu().reshape(1), "tokens": lengths.sum().cpu().reshape(1)}
         if exp.returns is not None:  # the critic's: its targets at the first response token, and its loss
             local["return"] = exp.returns[:, 0].float().mean(0).cpu()                            # (D,)
@@ -298,6 +313,10 @@ class PPOTrainer:
         m["train/bad_batches"] = self.guard.total
         m["time/generate"], m["time/score"], m["time/update"] = times
         m["perf/generate_tokens_per_s"] = g["tokens"].item() * self.world / max(times[0], 1e-9)
+        # tokens through the update (every epoch, prompt + response, padding trimmed): the base of its FLOP count
+        m["perf/update_tokens"] = int(upd.get("tokens", 0)) * self.world
+        if torch.cuda.is_available():
+            m["perf/peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
         return m
 
     # ------------------------------------------------------------------ persistence

@@ -124,3 +124,24 @@ def test_each_objective_rises_at_its_own_vertex(world, tmp_path, monkeypatch):
     tr.train()
     long, short = mean_length([1.0, 0.0]), mean_length([0.0, 1.0])
     assert long > before + 2 and short < before - 2, (before, long, short)
+
+
+@pytest.mark.parametrize("estimator", ["gae", "group"])
+def test_one_update_per_batch_skips_old_logprobs_without_changing_the_update(world, tmp_path, estimator):
+    """ppo_epochs 1 over one mini-batch: pi_old is the update's own forward, so the rollout computes reference
+    log-probs only; the adapter after the step equals the one the full old/ref pass gives."""
+    from rlhf.trainer import PPOTrainer
+
+    extra = GROUP if estimator == "group" else {}
+    adapters, kls = [], []
+    for single in (True, False):
+        tr = PPOTrainer(load(make_config(world, tmp_path / f"{estimator}_{single}", total_steps=1, **extra)))
+        assert tr.single_update
+        tr.single_update = single
+        m = tr.train_step()
+        kls.append(m["train/kl"])
+        adapters.append({n: p.detach().clone() for n, p in tr.actor.module.named_parameters() if "lora_" in n})
+        tr.run.close()
+    for name in adapters[0]:
+        torch.testing.assert_close(adapters[0][name], adapters[1][name], atol=1e-6, rtol=1e-5)
+    assert kls[0] == pytest.approx(kls[1], abs=1e-6)
