@@ -22,7 +22,8 @@ from rlhf import engine
 STATE_FILE = "trainer_state.json"
 # Fields that may change between a run and its resumption without changing what is being trained.
 RESUMABLE_FIELDS = {"resume_from", "total_steps", "dry_run", "wandb", "save_every", "keep_last", "log_every",
-                    "sample_every", "max_bad_batches", "output_dir", "eval_every", "overwrite"}
+                    "sample_every", "max_bad_batches", "output_dir", "eval_every", "overwrite",
+                    "world_size"}  # world_size: the process-count check says it clearer
 
 
 class ResumeError(ValueError):

@@ -153,30 +153,6 @@ METHODS: dict[str, Callable[..., tuple[list[list[float]], list[list[str]]]]] = {
     "panacea": panacea_front, "dps": dps_front, "rs": soups_front}
 
 
-class _Unused:
-    """Means over (prompt) rows that leave out rows with NaN/inf scores, counted per scorer and reported once."""
-
-    def __init__(self) -> None:
-        self.skipped: dict[str, list[int]] = {}
-
-    def __call__(self, values: np.ndarray, scorer: str, pref: Any) -> np.ndarray:
-        """values: (N, D) one scorer's scores of N responses -> (D,) the mean over rows that are finite."""
-        ok = np.isfinite(values).all(axis=1)                                                   # (N,)
-        counts = self.skipped.setdefault(scorer, [0, 0])
-        counts[0] += int((~ok).sum())
-        counts[1] += len(ok)
-        if not ok.any():
-            raise FrontError(f"scorer {scorer!r} gave NaN/inf scores for every response at preference {pref}; "
-                             f"check that scorer (a score model's weights, or an extra scorer's code)")
-        return values[ok].mean(0)
-
-    def warn(self) -> None:
-        for scorer, (bad, total) in self.skipped.items():
-            if bad:
-                warnings.warn(f"scorer {scorer!r} gave NaN/inf scores for {bad} of {total} (preference, prompt) "
-                              f"pairs; those pairs were left out of its means")
-
-
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     runs = [read_run(r) for r in cfg.run]
     names = runs[0].objective_names

@@ -327,9 +327,10 @@ class Run:
 
     def _no_space(self, need: int) -> str:
         free = shutil.disk_usage(self.dir).free
-        return (f"no space left on {self.checkpoints}: need ~{need / 2**20:.0f} MB for a checkpoint, "
-                f"{free / 2**20:.0f} MB free. Every complete checkpoint is kept; free space (or lower keep_last) and "
-                f"resume with --resume_from latest")
+        mb = lambda n: f"{n / 2**20:.1f}" if n < 10 * 2**20 else f"{n / 2**20:.0f}"  # noqa: E731
+        return (f"no space left on {self.checkpoints}: need ~{mb(need)} MB for a checkpoint, {mb(free)} MB free. "
+                f"Every complete checkpoint is kept; free space (or lower keep_last) and resume with --resume_from "
+                f"latest")
 
     def _space_problem(self, engines: dict[str, Any]) -> Optional[str]:
         need = self._checkpoint_bytes(engines)

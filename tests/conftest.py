@@ -37,20 +37,6 @@ def input_ids(tokenizer):
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
     """A tiny base model, an (untrained) reward and cost model, and a prompt file, on disk."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from tests.helpers import write_world
 
-    from reward_models.score_model import write_dimension
-    from tests.helpers import write_pku_pairs, write_tiny_base
-
-    root = tmp_path_factory.mktemp("world")
-    base = write_tiny_base(root / "base")
-    tok = AutoTokenizer.from_pretrained(base)
-    for name, kind, seed in (("rm", "reward", 1), ("cm", "cost", 2)):
-        torch.manual_seed(seed)
-        m = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
-        m.config.pad_token_id = tok.pad_token_id
-        m.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-        write_dimension(root / name, name=name, kind=kind)
-    write_pku_pairs(root / "prompts.jsonl", 64, seed=3)
-    return root
+    return write_world(tmp_path_factory.mktemp("world"))

@@ -49,6 +49,27 @@ def write_pku_pairs(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
+
+def write_world(root: Path) -> Path:
+    """A tiny base model, an (untrained) reward and cost model with their dimension.json, and a prompt file under
+    ``root``: the shared fixture of tests and of benchmarks/bad_inputs.py."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from reward_models.score_model import write_dimension
+
+    base = write_tiny_base(root / "base")
+    tok = AutoTokenizer.from_pretrained(base)
+    for name, kind, seed in (("rm", "reward", 1), ("cm", "cost", 2)):
+        torch.manual_seed(seed)
+        m = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+        m.config.pad_token_id = tok.pad_token_id
+        m.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+        write_dimension(root / name, name=name, kind=kind)
+    write_pku_pairs(root / "prompts.jsonl", 64, seed=3)
+    return root
+
 def length_oracle(prompts, responses):
     """A trivial extra scorer for tests: (N, 2) = (word count, -word count)."""
     import numpy as np
