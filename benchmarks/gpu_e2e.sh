@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU path end to end in one call (issue 21): bash benchmarks/gpu_e2e.sh [--tiny]
-#   here, once:        bash benchmarks/gpu_e2e.sh --prepare-wheels   (wheels the GPU image lacks, into .whl/, ~15 MB)
+#   here, once:        bash benchmarks/gpu_e2e.sh --prepare-wheels   (wheels the GPU image lacks, into .whl/, ~7 MB)
 #   on the GPU machine: bash benchmarks/gpu_e2e.sh                   (installs .whl/, runs every item, < 9 minutes)
 #   on this CPU:        bash benchmarks/gpu_e2e.sh --tiny            (every item with tiny models: checks the script)
 # Results: $OUT/gpu_e2e.json (OUT defaults to runs/gpu_e2e) and one table on stdout.

@@ -156,7 +156,7 @@ def plot_fronts(fronts: dict[str, tuple[np.ndarray, np.ndarray]], names: Sequenc
         fig = plt.figure(figsize=(16, 4.5))
         ax3 = fig.add_subplot(1, 4, 1, projection="3d")
         for k, (method, (prefs, pts)) in enumerate(fronts.items()):
-            ax3.scatter(pts[:, 0], pts[:, 1], pts[:, 2], c=prefs[:, 0] if single else None, cmap="viridis",
+            ax3.scatter(pts[:, 0], pts[:, 1], pts[:, 2], **(dict(c=prefs[:, 0], cmap="viridis") if single else {}),
                         marker=markers[k % len(markers)], label=method)
         ax3.set_xlabel(names[0]), ax3.set_ylabel(names[1]), ax3.set_zlabel(names[2])
         axes_pairs = [(fig.add_subplot(1, 4, 2 + j), a, b) for j, (a, b) in enumerate([(0, 1), (0, 2), (1, 2)])]
@@ -164,8 +164,10 @@ def plot_fronts(fronts: dict[str, tuple[np.ndarray, np.ndarray]], names: Sequenc
         for k, (method, (prefs, pts)) in enumerate(fronts.items()):
             order = np.lexsort(prefs.T[::-1])
             line, = ax.plot(pts[order, a], pts[order, b], "-", alpha=0.4, label=None if single else method)
-            sc = ax.scatter(pts[:, a], pts[:, b], c=prefs[:, 0] if single else line.get_color(), cmap="viridis",
-                            marker=markers[k % len(markers)], zorder=3, label=method if single else None)
+            # one front: coloured by lambda; several: each in its line's colour (color=, so no colormap is asked for)
+            colour = dict(c=prefs[:, 0], cmap="viridis") if single else dict(color=line.get_color())
+            sc = ax.scatter(pts[:, a], pts[:, b], **colour, marker=markers[k % len(markers)], zorder=3,
+                            label=method if single else None)
             nd = non_dominated(pts[:, [a, b]])
             ax.scatter(pts[nd, a], pts[nd, b], s=140, facecolors="none", edgecolors="red", zorder=4,
                        label="non-dominated" if (k == 0 and ax is axes_pairs[0][0]) else None)
