@@ -52,5 +52,11 @@ print("\n| scorer | hypervolume | inner product | sparsity | spacing |\n|---|---
 for name, m in [("score models", d["metrics"])] + list(d["extra_metrics"].items()):
     print(f"| {name} | {m['hypervolume']:.4g} | {m['inner_product']:.4g} | {m['sparsity']:.4g} | {m['spacing']:.4g} |")
 PY
+# the front while PPO trained (eval.every in ppo.yaml), drawn from metrics.jsonl alone
+TRAINING=""
+if grep -q '"eval/front"' "$OUT/ppo/metrics.jsonl"; then
+  python rlhf/plot_training.py "$OUT/ppo" --scorer oracle > /dev/null
+  TRAINING="; during training: $OUT/ppo/training_fronts_oracle.png"
+fi
 echo
-echo "front plot: $OUT/eval/pareto.png (oracle: $OUT/eval/pareto_oracle.png); took $(( $(date +%s) - T0 )) s"
+echo "front plot: $OUT/eval/pareto.png (oracle: $OUT/eval/pareto_oracle.png)$TRAINING; took $(( $(date +%s) - T0 )) s"

@@ -90,7 +90,8 @@ def test_shortened_quickstart_writes_every_artefact(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for path in ("data/sft.jsonl", "data/preferences.jsonl", "init/config.json", "sft/config.json",
                  "rm_helpful/dimension.json", "cm_harmless/dimension.json", "ppo/policy/run.json",
-                 "ppo/policy/adapter_model.safetensors", "eval/pareto.png", "eval/pareto_oracle.png"):
+                 "ppo/policy/adapter_model.safetensors", "eval/pareto.png", "eval/pareto_oracle.png",
+                 "ppo/training_fronts_oracle.png"):  # the in-training front (ppo.yaml eval.every)
         assert (out / path).is_file(), path
     front = json.loads((out / "eval" / "pareto.json").read_text())
     assert front["objectives"] == ["helpful", "harmless"] and len(front["points"]) == 3
