@@ -16,12 +16,12 @@ import time
 import torch
 from torch import nn
 
-from rlhf.svd_lora import SVDLoRAConfig, SVDLoRALayer
+from rlhf.svd_lora import AdapterState, SVDLoRAConfig, SVDLoRALayer
 
 
 def adapted(i: int, o: int) -> SVDLoRALayer:
     layer = SVDLoRALayer(nn.Linear(i, o, bias=False).requires_grad_(False), SVDLoRAConfig(rank=8, pref_dim=2))
-    layer.preference = torch.tensor([0.5, 0.5])
+    layer.state = AdapterState(preference=torch.tensor([0.5, 0.5]))
     return layer
 
 

@@ -130,7 +130,6 @@ def decode_responses(tokenizer: Any, sequences: torch.Tensor, prompt_length: int
 
 
 @torch.no_grad()
-@torch.no_grad()
 def reference_logprobs(actor: nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor, response_len: int,
                        temperature: float) -> torch.Tensor:
     """(B, T) log-probs under pi_ref alone (adapter off)."""

@@ -217,14 +217,13 @@ class Run:
             self.lock.release()
             raise outcome["error_type"](outcome["error"])
         self.resume_path: Optional[Path] = Path(outcome["resume"]) if outcome["resume"] else None
-        self.resume_state: Optional[dict[str, Any]] = outcome["state"]
         seed_everything(cfg.seed, self.rank)
         self.tracker: Optional[Tracker] = None
 
     # ------------------------------------------------------------------ directory
     def _prepare(self) -> dict[str, Any]:
         """Rank 0: guard the directory, take the lock, check a resume. Returns an outcome every rank acts on."""
-        out: dict[str, Any] = {"error": None, "error_type": RunDirError, "resume": None, "state": None}
+        out: dict[str, Any] = {"error": None, "error_type": RunDirError, "resume": None}
         try:
             if self.cfg.resume_from:
                 # JSON only, before the lock: a refused resume creates nothing (not even output_dir)
@@ -235,7 +234,7 @@ class Run:
                         f"{path} was written by {saved_world} processes but {self.world} were launched: data shards "
                         f"and optimiser partitions differ, so launch {saved_world} processes to resume it")
                 self._lock()
-                out["resume"], out["state"] = str(path), state
+                out["resume"] = str(path)
                 return out
             entries = _entries(self.dir)
             if entries and not self.cfg.overwrite:

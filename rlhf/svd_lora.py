@@ -334,11 +334,6 @@ def get_preference(model: nn.Module) -> Optional[torch.Tensor]:
     return _layers_or_raise(model)[0].state.preference
 
 
-def adapter_state(model: nn.Module) -> AdapterState:
-    """The first adapted layer's runtime state (every layer carries the same, each on its own device)."""
-    return _layers_or_raise(model)[0].state
-
-
 @contextlib.contextmanager
 def adapter_disabled(model: nn.Module) -> Iterator[nn.Module]:
     """Run the frozen base weights alone: reference log-probs with no second copy of the model (§1)."""

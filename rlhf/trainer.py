@@ -61,7 +61,6 @@ class PPOTrainer:
         # The run first: directory guard, lock, resume and process-count checks, seeds; before any model loads.
         self.run = Run(cfg, "ppo")
         self.rank, self.world, self.out = self.run.rank, self.run.world, self.run.dir
-        self.aggregator = cfg.aggregation.build()
         self.estimator = ESTIMATORS[cfg.advantage.estimator]
         # One optimiser update per rollout batch: pi_old is that update's own forward (ratio 1), so the rollout
         # needs only reference log-probs (half the no-grad pass), as TRL's GRPO does with num_iterations = 1.
@@ -172,7 +171,7 @@ class PPOTrainer:
         mean score (averaged over ranks, which share lambda) against the ideal point (aggregation.py)."""
         B, D = scores.shape
         lam = rollout.preference.reshape(-1, D).expand(B, D).float()                           # (B, D)
-        if not self.aggregator.uses_ideal:
+        if not self.ideal.aggregator.uses_ideal:
             return self.ideal.weights(lam, lam).to(scores.device)
         if rollout.preference.dim() == 1:  # one lambda on every rank: its value is the global batch mean
             J = self._mean_over_ranks({"J": scores.float().mean(0).cpu()})["J"].float()       # (D,)
