@@ -112,13 +112,20 @@ def row_seeds(seed: int, keys: Sequence[int]) -> torch.Tensor:
     return _fmix32(k ^ _fmix32(torch.tensor(seed & _M32, dtype=torch.int64)))
 
 
-def shared_gumbel(seeds: torch.Tensor, step: int, vocab: int, device: Any = None) -> torch.Tensor:
+def hashed_vocab(vocab: int, device: Any = None) -> torch.Tensor:
+    """(V,) each token id's hash: the per-token half of ``shared_gumbel``'s key, the same at every step."""
+    return _fmix32(torch.arange(vocab, device=device, dtype=torch.int64))
+
+
+def shared_gumbel(seeds: torch.Tensor, step: int, vocab: int, device: Any = None,
+                  token_hash: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(B, V) Gumbel(0, 1) noise that depends only on (row seed, decoding step, token id): the same for a row in any
-    batch, at any position of the batch, on any device."""
+    batch, at any position of the batch, on any device. ``token_hash``: ``hashed_vocab(vocab)`` computed once by a
+    caller that draws at every decoding step."""
     seeds = seeds.to(device=device, dtype=torch.int64)
     h = _fmix32(seeds ^ ((step * 0x9E3779B9) & _M32))                                         # (B,)
-    v = torch.arange(vocab, device=seeds.device, dtype=torch.int64)                           # (V,)
-    u = (_fmix32(h[:, None] ^ _fmix32(v)[None, :]).double() + 0.5) / 2.0 ** 32               # (B, V) in (0, 1)
+    v = hashed_vocab(vocab, seeds.device) if token_hash is None else token_hash               # (V,)
+    u = (_fmix32(h[:, None] ^ v[None, :]).double() + 0.5) / 2.0 ** 32                         # (B, V) in (0, 1)
     return -torch.log(-torch.log(u))
 
 
@@ -136,19 +143,28 @@ class SharedNoiseSampling(LogitsProcessor):
         self.seeds, self.prompt_length = seeds, prompt_length
         self.temperature = torch.as_tensor(temperature, dtype=torch.float32).reshape(-1)      # (1,) or (B,)
         self.top_p = torch.as_tensor(top_p, dtype=torch.float32).reshape(-1)                  # (1,) or (B,)
+        self.cut = bool((self.top_p < 1.0).any())  # decided here, on the CPU: no device sync per token
+        self._placed: Optional[tuple] = None  # (device, V, seeds, temperature, top_p, token hash) on that device
+
+    def _on(self, device: torch.device, vocab: int) -> tuple:
+        """The per-row settings and the token hash on ``device``, moved and computed once per generate call."""
+        if self._placed is None or self._placed[:2] != (device, vocab):
+            self._placed = (device, vocab, self.seeds.to(device=device, dtype=torch.int64),
+                            self.temperature.to(device)[:, None], self.top_p.to(device)[:, None],
+                            hashed_vocab(vocab, device))
+        return self._placed[2:]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        temp = self.temperature.to(scores.device)[:, None]                                    # (B or 1, 1)
+        seeds, temp, top_p, token_hash = self._on(scores.device, scores.shape[-1])  # (B,), (B|1, 1) x2, (V,)
         greedy = temp == 0
         logits = scores.float() / torch.where(greedy, torch.ones_like(temp), temp)            # (B, V)
-        top_p = self.top_p.to(scores.device)[:, None]                                         # (B or 1, 1)
-        if bool((top_p < 1.0).any()):  # the same cut as transformers' TopPLogitsWarper
+        if self.cut:  # the same cut as transformers' TopPLogitsWarper
             sorted_logits, order = torch.sort(logits, descending=False)
             drop = sorted_logits.softmax(-1).cumsum(-1) <= (1 - top_p)
             drop[..., -1:] = False
             logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
         step = input_ids.shape[1] - self.prompt_length
-        g = shared_gumbel(self.seeds, step, logits.shape[-1], logits.device).to(logits.dtype)  # (B, V)
+        g = shared_gumbel(seeds, step, logits.shape[-1], token_hash=token_hash).to(logits.dtype)  # (B, V)
         return logits + torch.where(greedy, torch.zeros_like(g), g)
 
 

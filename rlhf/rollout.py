@@ -98,16 +98,19 @@ def generate(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[str], pref
     # so this only guards texts that come in unfitted, and says so.
     tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
     try:
-        lengths = [len(ids) for ids in tokenizer(list(prompt_texts), add_special_tokens=True)["input_ids"]]
         # A compiled backend gets every batch at max_prompt_length: one shape, one graph.
         enc = tokenizer(list(prompt_texts), return_tensors="pt", truncation=True, max_length=max_prompt_length,
                         padding="max_length" if backend.static_shapes else True, add_special_tokens=True)
+        # Only a row that fills max_prompt_length can have been cut: count those (fitted prompts rarely reach it,
+        # so the untruncated tokenisation seldom runs).
+        full = [i for i, n in enumerate(enc["attention_mask"].sum(1).tolist()) if n == max_prompt_length]
+        n_long = sum(len(ids) > max_prompt_length for ids in
+                     tokenizer([prompt_texts[i] for i in full], add_special_tokens=True)["input_ids"]) if full else 0
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = side, trunc
-    n_long = sum(n > max_prompt_length for n in lengths)
     if n_long:
-        warnings.warn(f"{n_long} of {len(lengths)} prompts exceed max_prompt_length={max_prompt_length} tokens and "
-                      f"were cut from the left (their end kept); fit prompts with data.fit_prompts so that score "
+        warnings.warn(f"{n_long} of {len(prompt_texts)} prompts exceed max_prompt_length={max_prompt_length} tokens "
+                      f"and were cut from the left (their end kept); fit prompts with data.fit_prompts so that score "
                       f"models see the same conversation")
     input_ids, prompt_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # (B, P)
     shared = seeds is not None and do_sample
