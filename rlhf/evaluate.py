@@ -19,16 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
 
-import numpy as np
 import torch
 
 from rlhf.config import ConfigError, check, describe, doc_field, load_config, split_config_arg
-from rlhf.data import (DEFAULT_TEMPLATE, DataError, check_tokenizer_fits, ensure_pad_token, fit_prompts, format_prompt,
-                       load_rows, prompt_column, require_columns)
+from rlhf.data import DataError, load_rows, prompt_column, require_columns
 from rlhf.engine import placement
-from rlhf.front import FrontEvalFields, FrontGenerator, front_points, load_preferences, score_responses, summarize
-from rlhf.pareto import FrontError, default_reference, parse_reference, plot_fronts
-from rlhf.runs import RunInfo, load_callable, read_run
+from rlhf.front import (FrontEvalFields, FrontGenerator, fit_and_format, load_preferences, plot_record,
+                        score_responses, summarize)
+from rlhf.pareto import FrontError, parse_reference
+from rlhf.runs import RunInfo, load_callable, load_run_model, read_run
 from rlhf.scoring import ObjectiveConfig, Scorer
 from rlhf.svd_lora import PreferenceError, load_adapter, svd_lora_layers, weights_added
 
@@ -71,20 +70,12 @@ class EvalConfig(FrontEvalFields):
         return Path(self.out) if self.out else Path(self.run[0]) / "eval"
 
 
-def load_generator(runs: Sequence[RunInfo], cfg: EvalConfig) -> FrontGenerator:
-    """The runs' base model with the first run's adapter, on the configured device and dtype."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    base = runs[0].base_model
-    if any(r.base_model != base for r in runs):
+def load_generator(runs: Sequence[RunInfo], cfg: EvalConfig, device: Any, dtype: Any) -> FrontGenerator:
+    """The runs' base model with the first run's adapter, on ``device`` in ``dtype``."""
+    if any(r.base_model != runs[0].base_model for r in runs):
         raise ValueError(f"runs were trained from different base models: {[r.base_model for r in runs]}")
-    tokenizer = AutoTokenizer.from_pretrained(runs[0].path)
-    ensure_pad_token(tokenizer)
-    check_tokenizer_fits(tokenizer, AutoConfig.from_pretrained(base), f"base model {base!r}")
-    device, dtype = placement(cfg.device, cfg.dtype)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device).eval()
-    load_adapter(model, runs[0].path, expected_pref_dim=len(runs[0].objectives))
-    return FrontGenerator(model, tokenizer, cfg, one_at_a_time=cfg.one_at_a_time)
+    model, tokenizer, _ = load_run_model(runs[0].path, dtype)
+    return FrontGenerator(model.to(device), tokenizer, cfg, one_at_a_time=cfg.one_at_a_time)
 
 
 def panacea_front(gen: FrontGenerator, runs: Sequence[RunInfo], prefs: list[list[float]], prompts: list[str]
@@ -178,14 +169,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     reference = parse_reference(cfg.reference_point, D)
     extra_refs = {k: parse_reference(v, D) for k, v in cfg.extra_reference_points.items()}
 
-    gen = load_generator(runs, cfg)
-    raw = fit_prompts(gen.tokenizer, raw, cfg.max_prompt_length, DEFAULT_TEMPLATE, f"prompts of {prompts_path!r}")
-    texts = [format_prompt(gen.tokenizer, p) for p in raw]
+    gen = load_generator(runs, cfg, device, dtype)
+    raw, texts = fit_and_format(cfg, gen.tokenizer, raw, f"prompts of {prompts_path!r}")
     prefs, responses = METHODS[method](gen, runs, prefs, texts)
     per_prompt = score_responses(scorer, extra, raw, responses)                               # scorer -> (P, N, D)
     base_scores = score_responses(scorer, extra, raw, [gen.base(texts)]) if cfg.with_base else None
-    if reference is None:
-        reference = default_reference([front_points(per_prompt, prefs)["score models"]])
+    if reference is None:  # summarize derives it
         warnings.warn("no --reference-point: using one derived from this front alone; to compare methods use "
                       "compare_fronts.py (one shared reference point)")
     result = {"method": cfg.name or method,
@@ -197,12 +186,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "pareto.json").write_text(json.dumps(result, indent=2))
-    prefs_np, names = np.asarray(result["preferences"]), result["objectives"]
-    plot_fronts({result["method"]: (prefs_np, np.asarray(result["points"]))}, names, str(out / "pareto.png"),
-                title=f"{result['method']}: HV={result['metrics']['hypervolume']:.4g}", base_point=result["base_point"])
-    for name, pts in result["extra_points"].items():
-        plot_fronts({result["method"]: (prefs_np, np.asarray(pts))}, names, str(out / f"pareto_{name}.png"),
-                    title=f"{result['method']} scored by {name}", base_point=result["base_extra_points"].get(name))
+    label = result["method"]
+    plot_record(result, out / "pareto.png", f"{label}: HV={result['metrics']['hypervolume']:.4g}", label=label)
+    for name in result["extra_points"]:
+        plot_record(result, out / f"pareto_{name}.png", f"{label} scored by {name}", scorer=name, label=label)
     if not cfg.no_wandb:
         _log_wandb(result, out, cfg)
     return result

@@ -22,20 +22,8 @@ from typing import Any, Optional
 import torch
 
 from rlhf.pareto import grid as simplex_grid
+from rlhf.runs import load_run_model
 from rlhf.svd_lora import PreferenceError, svd_lora_layers, validate_preference
-
-
-def load_run_model(run: str, dtype: torch.dtype = torch.float32) -> tuple[Any, Any, Any]:
-    """(model with the run's adapter, tokenizer, RunInfo)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rlhf.runs import read_run
-    from rlhf.svd_lora import load_adapter
-
-    info = read_run(run)
-    model = AutoModelForCausalLM.from_pretrained(info.base_model, dtype=dtype).eval()
-    load_adapter(model, info.path, expected_pref_dim=len(info.objectives))
-    return model, AutoTokenizer.from_pretrained(info.path), info
 
 
 def _target_modules(model: torch.nn.Module, names: list[str]) -> list[str]:

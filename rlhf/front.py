@@ -55,6 +55,15 @@ class FrontEvalFields(SamplingFields):
         check(self.n_prompts >= 1, "n_prompts", f"must be >= 1, got {self.n_prompts}")
 
 
+def fit_and_format(cfg: FrontEvalFields, tokenizer: Any, raw: list[Any], what: str) -> tuple[list[Any], list[str]]:
+    """(the prompts fitted to ``max_prompt_length``, their end kept; the texts the policy continues, laid out with
+    ``prompt_template``): what evaluate.py and the in-training front both generate from."""
+    from rlhf.data import fit_prompts, format_prompt
+
+    raw = fit_prompts(tokenizer, raw, cfg.max_prompt_length, cfg.prompt_template, what)
+    return raw, [format_prompt(tokenizer, p, cfg.prompt_template) for p in raw]
+
+
 def load_preferences(cfg: FrontEvalFields, dim: int) -> list[list[float]]:
     if cfg.preferences:
         try:
@@ -183,16 +192,18 @@ def paired_margin_se(per_prompt: np.ndarray, base: np.ndarray) -> np.ndarray:
 
 
 def summarize(names: Sequence[str], prefs: Sequence[Sequence[float]], per_prompt: dict[str, np.ndarray],
-              reference: Sequence[float], base_per_prompt: Optional[dict[str, np.ndarray]] = None,
+              reference: Optional[Sequence[float]], base_per_prompt: Optional[dict[str, np.ndarray]] = None,
               extra_references: Optional[dict[str, Sequence[float]]] = None, strict: bool = True) -> dict[str, Any]:
     """The front's record: points per scorer, the base point, paired margin SEs and metrics (score models against
-    ``reference``; each extra scorer against ``extra_references[name]`` or one derived from its own front).
+    ``reference``, None: one derived from this front; each extra scorer against ``extra_references[name]`` or one
+    derived from its own front).
     ``strict``: refuse points below the reference (comparing methods); else they add no volume (training)."""
     from rlhf.pareto import default_reference
 
     prefs_np = np.asarray(prefs, float)
     fronts = front_points(per_prompt, prefs)
     points, extra_points = fronts.pop("score models"), fronts
+    reference = list(reference) if reference is not None else list(default_reference([points]))
     base_point, base_extra, margin_se = None, {}, {}
     if base_per_prompt is not None:
         base = front_points(base_per_prompt)
@@ -245,19 +256,19 @@ class TrainingFront:
 
     def __init__(self, cfg: TrainEvalConfig, names: Sequence[str], tokenizer: Any, scorer: Scorer,
                  extra: dict[str, Callable], rank: int = 0, world: int = 1, synced_gpus: bool = False) -> None:
-        from rlhf.data import fit_prompts, format_prompt, load_rows, prompt_column, require_columns
+        from rlhf.data import load_rows, prompt_column, require_columns
 
         self.cfg, self.names, self.tokenizer, self.scorer, self.extra = cfg, list(names), tokenizer, scorer, extra
         self.rank, self.world, self.synced = rank, world, synced_gpus
         rows = load_rows(cfg.prompts, cfg.split, cfg.n_prompts)
         require_columns(rows, [cfg.prompt_column], cfg.prompts, hint="set eval.prompt_column")
-        raw = fit_prompts(tokenizer, list(prompt_column(rows, cfg.prompt_column, cfg.prompts)), cfg.max_prompt_length,
-                          cfg.prompt_template, f"eval prompts of {cfg.prompts!r}")
+        raw, texts = fit_and_format(cfg, tokenizer, list(prompt_column(rows, cfg.prompt_column, cfg.prompts)),
+                                    f"eval prompts of {cfg.prompts!r}")
         if len(raw) < world:
             from rlhf.data import DataError
 
             raise DataError(f"eval.n_prompts gives {len(raw)} prompts for {world} processes: give each at least one")
-        self.raw, self.texts = raw, [format_prompt(tokenizer, p, cfg.prompt_template) for p in raw]
+        self.raw, self.texts = raw, texts
         self.prefs = load_preferences(cfg, len(self.names))
         # this rank's prompts, padded (repeating its first) so that every rank makes as many generate calls: under
         # ZeRO-3 generation is collective
@@ -365,13 +376,14 @@ def compact(record: dict[str, Any]) -> dict[str, Any]:
             "objectives": record["objectives"]}
 
 
-def plot_record(record: dict[str, Any], path: Path, title: str, scorer: Optional[str] = None) -> Path:
-    """The front (coloured by lambda, the base point marked) of one scorer as a PNG."""
+def plot_record(record: dict[str, Any], path: Path, title: str, scorer: Optional[str] = None,
+                label: str = "front") -> Path:
+    """The front (coloured by lambda, the base point marked, ``label`` in the legend) of one scorer as a PNG."""
     from rlhf.pareto import plot_fronts
 
     points = record["points"] if scorer is None else record["extra_points"][scorer]
     base = record["base_point"] if scorer is None else record["base_extra_points"].get(scorer)
-    plot_fronts({"front": (np.asarray(record["preferences"]), np.asarray(points))}, record["objectives"], str(path),
+    plot_fronts({label: (np.asarray(record["preferences"]), np.asarray(points))}, record["objectives"], str(path),
                 title=title, base_point=base)
     return path
 

@@ -103,19 +103,11 @@ def train_loop(model_engine: Any, run: Run, cfg: "SupervisedConfig", n_items: in
         evaluate_front()
 
     def save() -> None:
-        write_policy = checkpoint_policy(res.steps) if checkpoint_policy is not None else None  # collective
-
-        def extra(tmp: Path) -> None:
-            if write_policy is not None:
-                write_policy(tmp / "policy")
-            if front is not None:
-                import yaml
-
-                (tmp / "eval.yaml").write_text(yaml.safe_dump(front.eval_yaml(), sort_keys=False))
-
         run.save_checkpoint(res.steps, {"model": model_engine},
                             {"loop": asdict(st), "result": {k: v for k, v in asdict(res).items() if k != "resumed_from"},
-                             "front": front.state_dict() if front is not None else None}, extra=extra)
+                             "front": front.state_dict() if front is not None else None},
+                            policy=checkpoint_policy(res.steps) if checkpoint_policy is not None else None,  # collective
+                            front=front)
 
     bar = tqdm(total=total_steps, initial=res.steps, disable=not engine.is_main(), desc=desc, dynamic_ncols=True)
     t0, seconds0 = time.time(), res.seconds
@@ -241,6 +233,14 @@ def start(cfg: SupervisedConfig, trainer: str) -> tuple[Run, Any]:
     return run, tokenizer
 
 
+def _ds_config(cfg: SupervisedConfig, **resolve: Any) -> dict[str, Any]:
+    """The run's DeepSpeed config with its "auto" keys resolved from the training fields (``resolve``: the model's
+    hidden size, and the world size where no processes run yet)."""
+    return engine.resolve_ds_config(cfg.ds_config, micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum,
+                                    lr=cfg.lr, weight_decay=cfg.weight_decay, precision=cfg.precision,
+                                    max_grad_norm=cfg.max_grad_norm, **resolve)
+
+
 def build_engine(cfg: SupervisedConfig, load_model: Callable[[], torch.nn.Module], total_steps: int,
                  prepare: Optional[Callable[[torch.nn.Module], None]] = None, tokenizer: Any = None) -> Any:
     """Resolve the DeepSpeed config, load the model (partitioned at load under ZeRO-3), let the trainer
@@ -251,9 +251,7 @@ def build_engine(cfg: SupervisedConfig, load_model: Callable[[], torch.nn.Module
     if tokenizer is not None:
         check_tokenizer_fits(tokenizer, model_config, f"model_name_or_path {cfg.model_name_or_path!r}")
     hidden = getattr(model_config.get_text_config(), "hidden_size", None)
-    ds_config = engine.resolve_ds_config(
-        cfg.ds_config, micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, precision=cfg.precision, max_grad_norm=cfg.max_grad_norm, hidden_size=hidden)
+    ds_config = _ds_config(cfg, hidden_size=hidden)
     with engine.zero3_init(ds_config):
         model = load_model()
     if prepare is not None:
@@ -261,6 +259,27 @@ def build_engine(cfg: SupervisedConfig, load_model: Callable[[], torch.nn.Module
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return engine.initialize(model, ds_config, cfg.scheduler(total_steps))
+
+
+def panacea_parts(cfg: Any, model_engine: Any, tokenizer: Any, trainer: str) -> tuple[Callable[[int], Any], Any]:
+    """For a run with the adapter (DPO, Panacea-SFT): ``policy(step)``, the writer of the policy as evaluate.py reads
+    it (into each checkpoint and the result), and the in-training front (None when ``eval.every`` is 0). Collective:
+    the base fingerprint is taken once here, W0 being frozen."""
+    from rlhf.run import adapter_writer
+    from rlhf.scoring import Scorer
+
+    fingerprint = engine.base_fingerprint(model_engine)
+
+    def policy(step: int) -> Callable[[Path], None]:
+        return adapter_writer(model_engine, tokenizer, cfg, trainer=trainer, base_model=cfg.model_name_or_path,
+                              step=step, fingerprint=fingerprint)
+
+    front = None
+    if cfg.eval.every:  # the front during training, scored by the objectives' score models
+        front = cfg.training_front(tokenizer, Scorer(cfg.objectives, device=engine.device()), engine.rank(),
+                                   engine.world_size(), synced_gpus=engine.world_size() > 1 and
+                                   model_engine.zero_optimization_stage() == 3)
+    return policy, front
 
 
 def summary(res: LoopResult) -> dict[str, Any]:
@@ -287,9 +306,7 @@ def dry_run(cfg: SupervisedConfig) -> dict[str, Any]:
     "auto" keys resolved, and the batch arithmetic."""
     check_config_paths(cfg)
     world = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    ds = engine.resolve_ds_config(cfg.ds_config, micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum,
-                                  lr=cfg.lr, weight_decay=cfg.weight_decay, precision=cfg.precision,
-                                  max_grad_norm=cfg.max_grad_norm, hidden_size=4096, world=world)
+    ds = _ds_config(cfg, hidden_size=4096, world=world)
     engine.check_ds_config(ds, world)
     return {"world_size": world, "zero_stage": engine.zero_stage(ds), "precision": cfg.precision,
             "train_batch_size": ds["train_batch_size"], "grad_accum": cfg.grad_accum}

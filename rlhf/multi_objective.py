@@ -46,6 +46,8 @@ class MultiObjectiveConfig:
                   f"needs {D} entries (one per objective {names}), got {len(self.aggregation.ideal)}")
 
         if self.eval.every:
+            check(self.adapter is not None, "eval.every", "evaluates the front over lambda, which needs the adapter "
+                  "(plain SFT has none: set eval.every 0, or train Panacea-SFT with an adapter)")
             check(all(o.model for o in self.objectives), "eval.every",
                   "needs a score model for every objective (objectives[].model) to score the front")
 

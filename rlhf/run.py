@@ -297,8 +297,19 @@ class Run:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int, engines: dict[str, Any], trainer_state: dict[str, Any],
-                        extra: Optional[Callable[[Path], None]] = None) -> Path:
-        """Collective. Refuses up front (keeping every complete checkpoint) when the disk cannot hold one more."""
+                        policy: Optional[Callable[[Path], None]] = None, front: Any = None) -> Path:
+        """Collective. Refuses up front (keeping every complete checkpoint) when the disk cannot hold one more.
+        ``policy(dir)`` (e.g. ``adapter_writer``) puts the policy as evaluate.py reads it into ``CKPT/policy``, and a
+        training ``front`` its settings into ``CKPT/eval.yaml``: ``evaluate.py --run CKPT --config CKPT/eval.yaml``
+        then gives that step's front."""
+        def extra(tmp: Path) -> None:
+            if policy is not None:
+                policy(tmp / "policy")
+            if front is not None:
+                import yaml
+
+                (tmp / "eval.yaml").write_text(yaml.safe_dump(front.eval_yaml(), sort_keys=False))
+
         state = {**trainer_state, "step": step, "world_size": self.world, "trainer": self.trainer,
                  "config": self.config_dict}
         problem = self._space_problem(engines) if engine.is_main() else None
@@ -381,3 +392,23 @@ class Run:
                 tmp.rmdir()
         engine.barrier()
         return target
+
+
+def adapter_writer(model_engine: Any, tokenizer: Any, cfg: Any, *, trainer: str, base_model: str, step: int,
+                   fingerprint: str, **run_info: Any) -> Callable[[Path], None]:
+    """``write(dir)``: the adapter, tokenizer and run.json as evaluate.py reads them (every Panacea trainer's policy
+    format, ``rlhf/runs.py``). Gathers the adapter now (collective under ZeRO-3); ``write`` runs on rank 0.
+    ``fingerprint``: ``engine.base_fingerprint`` of the frozen base, taken once per run (W0 never changes)."""
+    from rlhf.runs import write_run_info
+    from rlhf.svd_lora import save_adapter
+
+    state = engine.full_state_dict(model_engine, only_trainable=True)
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_adapter(model_engine.module, tmp, state_dict=state, fingerprint=fingerprint)
+        tokenizer.save_pretrained(tmp)
+        write_run_info(tmp, trainer=trainer, base_model=base_model, objectives=cfg.objectives,
+                       preference=cfg.preference, eval_scorers=cfg.eval_scorers, step=step, **run_info)
+
+    return write

@@ -64,3 +64,22 @@ def load_callable(spec: str) -> Callable[..., Any]:
     if os.getcwd() not in sys.path:  # user modules are named relative to where the command runs
         sys.path.insert(0, os.getcwd())
     return getattr(importlib.import_module(module), name)
+
+
+def load_run_model(run: str | Path, dtype: Any = None) -> tuple[Any, Any, RunInfo]:
+    """(the run's base model with its adapter, in eval mode on the CPU; its tokenizer, with a pad token and checked
+    against the model; its RunInfo). ``dtype``: the weights' dtype (None: float32). evaluate.py, export and the
+    server all load a run through here."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from rlhf.data import check_tokenizer_fits, ensure_pad_token
+    from rlhf.svd_lora import load_adapter
+
+    info = read_run(run)
+    tokenizer = AutoTokenizer.from_pretrained(info.path)
+    ensure_pad_token(tokenizer)
+    check_tokenizer_fits(tokenizer, AutoConfig.from_pretrained(info.base_model), f"base model {info.base_model!r}")
+    model = AutoModelForCausalLM.from_pretrained(info.base_model, dtype=dtype or torch.float32).eval()
+    load_adapter(model, info.path, expected_pref_dim=len(info.objectives))
+    return model, tokenizer, info

@@ -161,15 +161,14 @@ class Engine:
     """The run's model and a decoding thread that batches waiting requests (one lambda per row)."""
 
     def __init__(self, cfg: ServeConfig) -> None:
-        from rlhf.data import DEFAULT_TEMPLATE, ensure_pad_token
+        from rlhf.data import DEFAULT_TEMPLATE
         from rlhf.engine import placement
-        from rlhf.export import load_run_model
+        from rlhf.runs import load_run_model
 
         self.cfg = cfg
         device, dtype = placement(cfg.device, cfg.dtype)
         model, self.tokenizer, self.info = load_run_model(cfg.run, dtype)
         self.model = model.to(device).eval()
-        ensure_pad_token(self.tokenizer)
         self.names = self.info.objective_names
         self.template = DEFAULT_TEMPLATE
         self.queue: queue.Queue[Job] = queue.Queue()
@@ -220,10 +219,10 @@ class Engine:
         seeds = row_seeds(0, [j.seed for j in jobs])                                            # (B,)
         temperature = torch.tensor([j.temperature for j in jobs])                               # (B,) 0: greedy
         top_p = torch.tensor([j.top_p for j in jobs])                                           # (B,)
-        seqs, _, P, response_mask = generate(
+        seqs, attention_mask, P, response_mask = generate(
             self.model, self.tokenizer, texts, lam, max_prompt_length=self.cfg.max_prompt_length,
             max_new_tokens=max(j.max_tokens for j in jobs), temperature=temperature, top_p=top_p, seeds=seeds)
-        prompt_lens = [len(self.tokenizer(t, add_special_tokens=True)["input_ids"]) for t in texts]
+        prompt_lens = attention_mask[:, :P].sum(1).tolist()  # the prompt tokens each row was decoded from
         out = []
         for i, j in enumerate(jobs):
             ids = seqs[i, P:][response_mask[i].bool()].tolist()[:j.max_tokens]                  # up to and with EOS

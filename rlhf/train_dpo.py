@@ -26,15 +26,14 @@ from rlhf.batch import TrainBatch
 from rlhf.config import check, doc_field
 from rlhf.data import (DEFAULT_TEMPLATE, DataError, check_no_nulls, encode_example, load_rows, pad_batch,
                        require_columns, split_chat)
-from rlhf.loop import (SupervisedConfig, build_engine, cli, fit, forward_scope, split_rows, start, summary,
-                       total_optimizer_steps, vertex_means)
+from rlhf.loop import (SupervisedConfig, build_engine, cli, fit, forward_scope, panacea_parts, split_rows, start,
+                       summary, total_optimizer_steps, vertex_means)
 from rlhf.losses import logprobs_from_logits
 from rlhf.multi_objective import MultiObjectiveConfig
 from rlhf.preference import sample_for_micro_batch
 from rlhf.rollout import position_ids_from_mask
 from rlhf.run import Run
-from rlhf.scoring import Scorer
-from rlhf.svd_lora import adapter_disabled, apply_svd_lora, save_adapter
+from rlhf.svd_lora import adapter_disabled, apply_svd_lora
 
 
 def dpo_losses(policy_w: torch.Tensor, policy_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
@@ -174,11 +173,7 @@ def train(cfg: DPOConfig) -> Path:
 
     model_engine = build_engine(cfg, lambda: AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path),
                                 total_steps, prepare, tokenizer=tokenizer)
-    front = None
-    if cfg.eval.every:  # the front during training, scored by the objectives' score models
-        front = cfg.training_front(tokenizer, Scorer(cfg.objectives, device=engine.device()), engine.rank(),
-                                   engine.world_size(), synced_gpus=engine.world_size() > 1 and
-                                   model_engine.zero_optimization_stage() == 3)
+    policy, front = panacea_parts(cfg, model_engine, tokenizer, "dpo")
     run.start_tracking()
     aggregator, dev = cfg.aggregation.build(), engine.device()
 
@@ -221,35 +216,15 @@ def train(cfg: DPOConfig) -> Path:
         return ((margins[:, i] > 0).double() + 0.5 * (margins[:, i] == 0).double()).sum()
 
     return fit(model_engine, run, cfg, len(train_data), total_steps=total_steps, make_batch=make_batch,
-               step_fn=step_fn, desc="dpo", save=lambda res: _save(run, model_engine, tokenizer, cfg, res), front=front,
-               checkpoint_policy=lambda step: policy_writer(model_engine, tokenizer, cfg, step),
+               step_fn=step_fn, desc="dpo", save=lambda res: _save(run, policy(res.steps), res), front=front,
+               checkpoint_policy=policy,
                eval_fn=lambda: vertex_means("eval/accuracy", cfg.objective_names, len(eval_data),
                                             cfg.micro_batch_size, eval_correct),
                banner=f"[dpo] {D} objectives {list(cfg.objective_names)}, aggregation={cfg.aggregation.name}: "
                       f"{len(train_data)} rows, {total_steps} optimiser steps")
 
 
-def policy_writer(model_engine: Any, tokenizer: Any, cfg: DPOConfig, step: int) -> Callable[[Path], None]:
-    """``write(dir)``: the adapter, tokenizer and run.json as evaluate.py reads them. Gathers now (collective under
-    ZeRO-3); ``write`` runs on rank 0."""
-    from rlhf.runs import write_run_info
-
-    state = engine.full_state_dict(model_engine, only_trainable=True)
-    fingerprint = engine.base_fingerprint(model_engine)
-
-    def write(tmp: Path) -> None:
-        tmp.mkdir(parents=True, exist_ok=True)
-        save_adapter(model_engine.module, tmp, state_dict=state, fingerprint=fingerprint)
-        tokenizer.save_pretrained(tmp)
-        write_run_info(tmp, trainer="dpo", base_model=cfg.model_name_or_path, objectives=cfg.objectives,
-                       preference=cfg.preference, eval_scorers=cfg.eval_scorers, step=step)
-
-    return write
-
-
-def _save(run: Run, model_engine: Any, tokenizer: Any, cfg: DPOConfig, res: Any) -> Path:
-    write_policy = policy_writer(model_engine, tokenizer, cfg, res.steps)
-
+def _save(run: Run, write_policy: Callable[[Path], None], res: Any) -> Path:
     def write(tmp: Path) -> None:
         write_policy(tmp)
         (tmp / "dpo_summary.json").write_text(json.dumps(summary(res), indent=2))

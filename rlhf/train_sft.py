@@ -12,12 +12,11 @@ format ``evaluate.py`` reads).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 
@@ -25,13 +24,13 @@ from rlhf import engine
 from rlhf.batch import TrainBatch
 from rlhf.config import check, doc_field
 from rlhf.data import DEFAULT_TEMPLATE, check_no_nulls, encode_example, load_rows, pad_batch, require_columns, split_chat
-from rlhf.loop import (SupervisedConfig, build_engine, cli, fit, split_rows, start, summary, total_optimizer_steps,
-                       vertex_means)
+from rlhf.loop import (SupervisedConfig, build_engine, cli, fit, forward_scope, panacea_parts, split_rows, start,
+                       summary, total_optimizer_steps, vertex_means)
 from rlhf.multi_objective import MultiObjectiveConfig
 from rlhf.preference import sample_for_micro_batch
 from rlhf.run import Run
 from rlhf.scoring import ObjectiveConfig
-from rlhf.svd_lora import SVDLoRAConfig, apply_svd_lora, save_adapter, scoped_preference
+from rlhf.svd_lora import SVDLoRAConfig, apply_svd_lora
 
 SUMMARY = "sft_summary.json"  # written last: its presence marks a finished run
 
@@ -146,6 +145,7 @@ def train(cfg: SFTConfig) -> Path:
                                 total_steps,
                                 prepare=(lambda m: apply_svd_lora(m, cfg.adapter)) if cfg.adapter else None,
                                 tokenizer=tokenizer)
+    policy, front = panacea_parts(cfg, model_engine, tokenizer, "sft") if cfg.adapter else (None, None)
     run.start_tracking()
     aggregator, dev = cfg.aggregation.build(), engine.device()
 
@@ -168,35 +168,35 @@ def train(cfg: SFTConfig) -> Path:
     def eval_loss(rows: list[int], i: int) -> torch.Tensor:
         """Objective i's held-out cross-entropy, summed over rows; Panacea-SFT reads it at vertex e_i."""
         vertex = torch.nn.functional.one_hot(torch.tensor(i), D).float()                      # (D,)
-        with scoped_preference(model_engine.module, vertex) if cfg.adapter else contextlib.nullcontext():
+        with forward_scope(model_engine.module, TrainBatch((), {}, vertex if cfg.adapter else None)):
             return lm_losses(model_engine, eval_data, rows, [i], dev)[0].double() * len(rows)
 
     return fit(model_engine, run, cfg, len(train_data), total_steps=total_steps, make_batch=make_batch,
-               step_fn=step_fn, desc="sft", save=lambda res: _save(run, model_engine, tokenizer, cfg, res),
+               step_fn=step_fn, desc="sft", save=lambda res: _save(run, model_engine, tokenizer, policy, res),
+               front=front, checkpoint_policy=policy,
                eval_fn=lambda: vertex_means("eval/loss", cfg.objective_names, len(eval_data), cfg.micro_batch_size,
                                             eval_loss),
                banner=f"[sft] {'Panacea-SFT' if cfg.adapter else 'SFT'} of {cfg.model_name_or_path}: "
                       f"{len(train_data)} rows, {total_steps} optimiser steps")
 
 
-def _save(run: Run, model_engine: Any, tokenizer: Any, cfg: SFTConfig, res: Any) -> Path:
-    """Plain SFT: an HF checkpoint in output_dir. Panacea-SFT: output_dir/policy (the run format)."""
-    from rlhf.runs import write_run_info
-
-    state = engine.full_state_dict(model_engine, only_trainable=cfg.adapter is not None)
-    fingerprint = engine.base_fingerprint(model_engine) if cfg.adapter is not None else None
+def _save(run: Run, model_engine: Any, tokenizer: Any, policy: Optional[Callable[[int], Any]], res: Any) -> Path:
+    """Plain SFT (``policy`` None): an HF checkpoint in output_dir. Panacea-SFT: output_dir/policy (the run format,
+    written by ``policy(step)``)."""
+    if policy is None:
+        state = engine.full_state_dict(model_engine, only_trainable=False)
+    else:
+        write_policy = policy(res.steps)
 
     def write(tmp: Path) -> None:
-        if cfg.adapter is None:
+        if policy is None:
             model_engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
         else:
-            save_adapter(model_engine.module, tmp, state_dict=state, fingerprint=fingerprint)
-            write_run_info(tmp, trainer="sft", base_model=cfg.model_name_or_path, objectives=cfg.objectives,
-                           preference=cfg.preference, eval_scorers=cfg.eval_scorers, step=res.steps)
-        tokenizer.save_pretrained(tmp)
+            write_policy(tmp)
         (tmp / SUMMARY).write_text(json.dumps(summary(res), indent=2))
 
-    target = run.save_result(write, subdir=None if cfg.adapter is None else "policy", marker=SUMMARY)
+    target = run.save_result(write, subdir=None if policy is None else "policy", marker=SUMMARY)
     if engine.is_main():
         print(f"[sft] saved {target}", flush=True)
     return target

@@ -32,10 +32,9 @@ from rlhf.ppo_config import PPOConfig, check_runtime
 from rlhf.paths import check_config_paths
 from rlhf.preference import sample_preference
 from rlhf.rollout import generate_rollout, position_ids_from_mask, response_logprobs
-from rlhf.run import Run
-from rlhf.runs import write_run_info
+from rlhf.run import Run, adapter_writer
 from rlhf.scoring import FiniteGuard, ScoreProcessor, Scorer
-from rlhf.svd_lora import apply_svd_lora, count_parameters, save_adapter, scoped_preference
+from rlhf.svd_lora import apply_svd_lora, count_parameters, scoped_preference
 
 def dry_run(cfg: PPOConfig) -> dict[str, Any]:
     """Validate everything that can be validated without a model; return the batch arithmetic."""
@@ -90,6 +89,8 @@ class PPOTrainer:
         # the critic-free estimator builds, steps, checkpoints and saves no critic (one backbone less in memory)
         self.critic = engine.initialize(critic.eval(), critic_ds, sched) if critic is not None else None
         self.synced_gpus = engine.zero_stage(actor_ds) == 3 and self.world > 1
+        # the frozen bases' fingerprints, stamped on every saved adapter / critic: taken once (collective), W0 is fixed
+        self.fingerprints = {name: engine.base_fingerprint(e) for name, e in self.engines.items()}
         self.front = cfg.training_front(self.tokenizer, self.scorer, self.rank, self.world, self.synced_gpus)
         self.ptx = self._load_ptx()
         self.scores = ScoreProcessor(cfg.objectives, cfg.ppo.score_clip)
@@ -141,10 +142,10 @@ class PPOTrainer:
                                 old_logprobs=not self.single_update)
 
     def _values(self, model: Any, rollout: Rollout) -> torch.Tensor:
-        """(B, T, D) values at the positions that generate each response token, under the rollout's lambda."""
+        """(B, T, D) values at the positions that generate each response token; the caller scopes the rollout's
+        lambda (around the backward too, for the critic's update)."""
         mask = rollout.attention_mask
-        with scoped_preference(self.critic.module, rollout.preference):
-            values = model(rollout.sequences, mask, position_ids_from_mask(mask))              # (B, L, D)
+        values = model(rollout.sequences, mask, position_ids_from_mask(mask))                  # (B, L, D)
         return values[:, rollout.prompt_length - 1:-1]                                         # (B, T, D)
 
     def _experience(self, rollout: Rollout, scores: torch.Tensor) -> Experience:
@@ -152,7 +153,7 @@ class PPOTrainer:
         mask = rollout.response_mask.float()                                                   # (B, T)
         values = None
         if self.critic is not None:
-            with torch.no_grad():
+            with torch.no_grad(), scoped_preference(self.critic.module, rollout.preference):
                 values = self._values(self.critic.module, rollout) * mask.unsqueeze(-1)       # (B, T, D)
         kl = kl_adv = None  # with one update per batch, its forward gives pi_old and the KL terms (_actor_step)
         if rollout.old_logprobs is not None:
@@ -336,37 +337,27 @@ class PPOTrainer:
     def _policy_writer(self, with_critic: bool) -> Any:
         """``write(dir)``: adapter + tokenizer + run config (what evaluate.py and merging read), and the critic.
         Gathers (collective under ZeRO-3) now; ``write`` runs on rank 0."""
-        actor_state = engine.full_state_dict(self.actor, only_trainable=True)
-        actor_fp = engine.base_fingerprint(self.actor)
+        write_adapter = adapter_writer(self.actor, self.tokenizer, self.cfg, trainer="ppo",
+                                       base_model=self.cfg.actor_model, step=self.step,
+                                       fingerprint=self.fingerprints["actor"], prompts_path=self.cfg.prompts.path)
         with_critic = with_critic and self.critic is not None
         if with_critic:
             critic_state = engine.full_state_dict(self.critic, only_trainable=True)
-            critic_fp = engine.base_fingerprint(self.critic)
 
         def write(tmp: Path) -> None:
-            tmp.mkdir(parents=True, exist_ok=True)
-            save_adapter(self.actor.module, tmp, state_dict=actor_state, fingerprint=actor_fp)
-            self.tokenizer.save_pretrained(tmp)
+            write_adapter(tmp)
             (tmp / "ppo_config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
-            write_run_info(tmp, trainer="ppo", base_model=self.cfg.actor_model, objectives=self.cfg.objectives,
-                           preference=self.cfg.preference, eval_scorers=self.cfg.eval_scorers, step=self.step,
-                           prompts_path=self.cfg.prompts.path)
             if with_critic:
-                save_critic(self.critic.module, tmp / "critic", state=critic_state, fingerprint=critic_fp)
+                save_critic(self.critic.module, tmp / "critic", state=critic_state,
+                            fingerprint=self.fingerprints["critic"])
 
         return write
 
     def save_checkpoint(self) -> Path:
         """Engines, RNG and trainer state, plus the policy as evaluate.py reads it (and the in-training evaluation's
         settings as ``eval.yaml``), so ``evaluate.py --run CKPT --config CKPT/eval.yaml`` gives that step's front."""
-        write_policy = self._policy_writer(with_critic=False)
-
-        def extra(tmp: Path) -> None:
-            write_policy(tmp / "policy")
-            if self.front is not None:
-                (tmp / "eval.yaml").write_text(yaml.safe_dump(self.front.eval_yaml(), sort_keys=False))
-
-        return self.run.save_checkpoint(self.step, self.engines, self._trainer_state(), extra=extra)
+        return self.run.save_checkpoint(self.step, self.engines, self._trainer_state(),
+                                        policy=self._policy_writer(with_critic=False), front=self.front)
 
     def evaluate_front(self) -> Optional[dict[str, Any]]:
         """The front now (``eval``), logged to metrics.jsonl and W&B; None when the evaluation is off."""

@@ -97,6 +97,23 @@ def run_eval(*argv):
                                                "--batch_size", "3"]))
 
 
+def test_evaluate_lays_prompts_out_with_the_configured_template(world, tmp_path, monkeypatch):
+    """The prompt_template a training run's eval.yaml carries is the one evaluate.py generates from."""
+    import rlhf.evaluate as ev
+
+    seen = []
+
+    def recording(gen, runs, prefs, texts):
+        seen.extend(texts)
+        return ev.panacea_front(gen, runs, prefs, texts)
+
+    monkeypatch.setitem(ev.METHODS, "panacea", recording)
+    run = make_run(world, tmp_path / "panacea")
+    run_eval("--run", str(run), "--grid", "0.5", "--greedy", "--out", str(tmp_path / "t"),
+             "--prompt_template", "Question - {prompt} - Answer")
+    assert len(seen) == 6 and all(t.startswith("Question - ") and t.endswith(" - Answer") for t in seen), seen[:2]
+
+
 def test_evaluate_panacea_writes_front_and_batched_equals_one_at_a_time(world, tmp_path):
     run = make_run(world, tmp_path / "panacea")
     a = run_eval("--run", str(run), "--grid", "0.25", "--greedy", "--out", str(tmp_path / "a"), "--with_base")

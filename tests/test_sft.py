@@ -43,10 +43,10 @@ def test_sft_config_and_data_errors(world, tmp_path):
         train(cfg)
 
 
-def _panacea_sft(world, tmp_path, *extra):
+def _panacea_sft(world, tmp_path, *extra, objectives="[short, long]"):
     return load_config(SFTConfig, None, [
         "--model_name_or_path", str(world / "base"), "--output_dir", str(tmp_path / "psft"),
-        "--data.path", str(_data(tmp_path)), "--objectives", "[short, long]", "--data.response_columns",
+        "--data.path", str(_data(tmp_path)), "--objectives", objectives, "--data.response_columns",
         "[short, long]", "--adapter.rank", "4", "--adapter.pref_dim", "2", "--precision", "fp32", "--lr", "1e-2",
         "--max_steps", "4", "--micro_batch_size", "8", "--eval_every", "2", "--log_every", "1",
         "--wandb.mode", "disabled", *extra])
@@ -116,3 +116,23 @@ def test_panacea_sft_takes_one_lambda_per_sample(world, tmp_path, monkeypatch):
     assert len(losses) == 4 and all(l.shape == (8, 2) and len({tuple(r) for r in l.tolist()}) == 8 for l in losses)
     assert_forwards_run_under_their_loss_lambda(forwards, losses)
     assert json.loads((out / "sft_summary.json").read_text())["steps"] == 4
+
+
+def test_panacea_sft_evaluates_its_front_while_training(world, tmp_path):
+    from tests.test_front_training import fronts
+
+    objectives = json.dumps([{"name": "short", "model": str(world / "rm"), "kind": "reward"},
+                             {"name": "long", "model": str(world / "cm"), "kind": "cost"}])
+    train(_panacea_sft(world, tmp_path, "--save_every", "2", "--eval.every", "2", "--eval.prompts",
+                       str(world / "prompts.jsonl"), "--eval.grid", "0.5", "--eval.n_prompts", "4",
+                       "--eval.max_new_tokens", "6", objectives=objectives))
+    assert [r["step"] for r in fronts(tmp_path / "psft")] == [0, 2, 4]
+    ckpt = tmp_path / "psft" / "checkpoints" / "step_00000002"
+    assert (ckpt / "policy" / "run.json").is_file() and (ckpt / "eval.yaml").is_file()
+
+
+def test_plain_sft_refuses_a_front_during_training(world, tmp_path):
+    with pytest.raises(ConfigError, match=r"'eval.every': evaluates the front over lambda, which needs the adapter"):
+        load_config(SFTConfig, None, ["--model_name_or_path", str(world / "base"), "--output_dir", str(tmp_path / "s"),
+                                      "--data.path", str(_data(tmp_path)), "--eval.every", "2",
+                                      "--eval.prompts", str(world / "prompts.jsonl")])
