@@ -19,8 +19,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rlhf.svd_lora import SVDLoRAConfig, apply_svd_lora, count_parameters, merge_and_unload, set_preference, \
-    svd_lora_layers
+from rlhf.adapter.svd_lora import (SVDLoRAConfig, apply_svd_lora, count_parameters, merge_and_unload, set_preference,
+                                   svd_lora_layers)
 
 SIZES = {  # name: (hidden, layers, heads, intermediate, vocab, batch, seq)
     "tiny": (64, 2, 4, 128, 512, 8, 64),

@@ -16,7 +16,7 @@ import time
 import torch
 from torch import nn
 
-from rlhf.svd_lora import AdapterState, SVDLoRAConfig, SVDLoRALayer
+from rlhf.adapter.svd_lora import AdapterState, SVDLoRAConfig, SVDLoRALayer
 
 
 def adapted(i: int, o: int) -> SVDLoRALayer:

@@ -3,7 +3,7 @@ weights loaded, and whether anything on disk was lost. Prints the Markdown table
 
     python benchmarks/bad_inputs.py [--out runs/bad_inputs]
 
-Everything runs in this process on tiny random models (``tests/helpers.py``); a case passes when it raises (or warns)
+Everything runs in this process on tiny random models (``hhbench/fixtures.py``); a case passes when it raises (or warns)
 with its message, no weight file was read before the refusal (model loads are counted), and the files of the
 finished runs it aimed at are byte-identical afterwards.
 """
@@ -23,10 +23,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def build_world(root: Path) -> Path:
-    """The tests' world (tests/helpers.write_world) plus a causal LM with no score head, for the head check."""
+    """The tests' world (hhbench/fixtures.write_world) plus a causal LM with no score head, for the head check."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tests.helpers import write_world
+    from hhbench.fixtures import write_world
 
     write_world(root)
     AutoModelForCausalLM.from_pretrained(root / "base").save_pretrained(root / "causal_lm")
@@ -102,12 +102,12 @@ def main() -> None:
     import torch
     import yaml
 
-    from rlhf.config import load_config
-    from rlhf.evaluate import evaluate, parse_args
-    from rlhf.ppo_config import PPOConfig
-    from rlhf.run import RunLock
-    from rlhf.trainer import PPOTrainer, dry_run
-    from tests.test_ppo import make_config
+    from hhbench.fixtures import write_ppo_config as make_config
+    from rlhf.core.config import load_config
+    from rlhf.evaluation.evaluate import evaluate, parse_args
+    from rlhf.runtime.run import RunLock
+    from rlhf.training.ppo import PPOTrainer, dry_run
+    from rlhf.training.ppo_config import PPOConfig
 
     root = Path(args.out)
     shutil.rmtree(root, ignore_errors=True)
@@ -127,7 +127,8 @@ def main() -> None:
 
     # two finished runs that the data-loss cases aim at
     PPOTrainer(cfg("finished", total_steps=2, save_every=1)).train()
-    from reward_models.train import ScoreTrainConfig, train as train_rm
+    from rlhf.training.reward import ScoreTrainConfig
+    from rlhf.training.reward import train as train_rm
 
     rm_cfg = dict(model_name_or_path=str(w / "base"), output_dir=str(t / "rm_done"), max_steps=2,
                   micro_batch_size=8, precision="fp32", eval_every=100, wandb={"mode": "disabled"},
@@ -155,8 +156,8 @@ def main() -> None:
     b.case(C, "objective max_length 0", lambda: cfg("c", "--objectives", "[{name: h, model: m, max_length: 0}]",
                                                      "--adapter.pref_dim", "1"))
     b.case(C, "adapter.pref_dim != number of objectives", lambda: cfg("c", "--adapter.pref_dim", "3"))
-    b.case(C, "fixed preference off the simplex", lambda: cfg("c", "--preference.mode", "fixed",
-                                                               "--preference.fixed", "[0.5, 0.6]"))
+    b.case(C, "fixed preference off the simplex", lambda: cfg("c", "--preference.name", "fixed",
+                                                               "--preference.value", "[0.5, 0.6]"))
     b.case(C, "micro_batch_size does not divide", lambda: cfg("c", "--micro_batch_size", "3"))
     b.case(C, "unknown aggregation", lambda: cfg("c", "--aggregation", "max"))
     b.case(C, "unknown generation backend", lambda: cfg("c", "--generation.backend", "vllm"))
@@ -166,7 +167,7 @@ def main() -> None:
         "c", "--ds_config", "ds_configs/zero3.json", "--generation.backend", "hf_static_compile")))
     b.case(C, "--overwrite with --resume_from", lambda: cfg("c", "--overwrite", "--resume_from", "latest"))
     b.case(C, "eval.every without eval.prompts", lambda: cfg("c", "--eval.every", "5"))
-    b.case(C, "group_size does not divide the batch", lambda: cfg("c", "--advantage.estimator", "group",
+    b.case(C, "group_size does not divide the batch", lambda: cfg("c", "--advantage.name", "group",
                                                                    "--advantage.group_size", "3"))
     # --- paths, before anything is created or loaded
     P = "paths"
@@ -191,12 +192,12 @@ def main() -> None:
                                           for _ in range(4)))
     b.case(D, "prompt column missing", lambda: PPOTrainer(cfg("d", prompts={"prompt_column": "question"})))
     b.case(D, "every prompt empty", lambda: PPOTrainer(cfg("d", prompts={"path": str(t / "empty.jsonl")})))
-    b.case(D, "some prompts empty", lambda: __import__("rlhf.data", fromlist=["x"]).prompt_column(
-        __import__("rlhf.data", fromlist=["x"]).load_rows(str(t / "some_empty.jsonl")), "prompt", "f"),
+    b.case(D, "some prompts empty", lambda: __import__("rlhf.data.datasets", fromlist=["x"]).prompt_column(
+        __import__("rlhf.data.datasets", fromlist=["x"]).load_rows(str(t / "some_empty.jsonl")), "prompt", "f"),
         expect="accept")
-    b.case(D, "data file not UTF-8", lambda: __import__("rlhf.data", fromlist=["x"]).load_rows(str(t / "latin1.jsonl")))
-    from reward_models.data import build_pairs
-    from rlhf.data import load_rows
+    b.case(D, "data file not UTF-8", lambda: __import__("rlhf.data.datasets", fromlist=["x"]).load_rows(str(t / "latin1.jsonl")))
+    from rlhf.data.datasets import load_rows
+    from rlhf.data.pairs import build_pairs
 
     b.case(D, "null response in preference data", lambda: build_pairs(load_rows(str(t / "null.jsonl")), "generic",
                                                                       "reward", "null.jsonl"))
@@ -206,14 +207,15 @@ def main() -> None:
 
     build_tokenizer(vocab_size=1000).save_pretrained(t / "big_tok")
     b.case(D, "tokenizer larger than the embeddings", lambda: PPOTrainer(cfg("d", tokenizer=str(t / "big_tok"))))
-    from reward_models.score_model import load_score_model
+    from rlhf.scoring.score_model import load_score_model
 
     b.case(D, "causal LM (num_labels=1) as score model", lambda: load_score_model(str(w / "causal_lm")),
            runtime=True)  # only the checkpoint's own tensors can show the missing head
     b.case(D, "max_prompt_length below the prompt layout", lambda: PPOTrainer(cfg("d", prompts={
         "max_prompt_length": 8})))
-    from rlhf.data import format_prompt
     from transformers import AutoTokenizer
+
+    from rlhf.data.chat import format_prompt
 
     tok = AutoTokenizer.from_pretrained(w / "base")
     b.case(D, "chat prompt ending with an assistant turn", lambda: format_prompt(tok, [
@@ -234,7 +236,7 @@ def main() -> None:
     fake = t / "fake"
     ck = fake / "checkpoints" / "step_00000002"
     ck.mkdir(parents=True)
-    from rlhf.config import to_dict
+    from rlhf.core.config import to_dict
 
     (ck / "trainer_state.json").write_text(json.dumps({"step": 2, "world_size": 4,
                                                        "config": to_dict(cfg("fake", resume_from="latest"))}))
@@ -246,7 +248,7 @@ def main() -> None:
     (torn / "metrics.jsonl").write_text((torn / "metrics.jsonl").read_text() + '{"step": 2, "train/k')
     b.case(R, "torn last line in metrics.jsonl (kill mid-write)", lambda: PPOTrainer(cfg(
         "torn", total_steps=2, save_every=1, resume_from="latest")).train(), expect="accept", runtime=True)
-    import rlhf.run as run_mod
+    import rlhf.runtime.run as run_mod
 
     def full_disk() -> None:
         tr = PPOTrainer(cfg("disk", total_steps=3, save_every=1))
@@ -266,14 +268,14 @@ def main() -> None:
         "finished", overwrite=True, total_steps=1)), expect="accept", runtime=True)
     # --- evaluation
     E = "evaluation"
-    from rlhf.compare_fronts import compare
+    from rlhf.evaluation.compare import compare
 
     b.case(E, "--grid 0", lambda: parse_args(["--run", "x", "--grid", "0"]))
     b.case(E, "--n_prompts 0", lambda: parse_args(["--run", "x", "--n_prompts", "0"]))
     prefs = yaml_file("prefs.json", b"[[0.2, 0.3, 0.5]]")
     b.case(E, "preference of the wrong length", lambda: evaluate(parse_args(["--run", str(torn), "--preferences",
                                                                               str(prefs), "--no_wandb"])))
-    b.case(E, "malformed preferences JSON", lambda: __import__("rlhf.front", fromlist=["x"]).load_preferences(
+    b.case(E, "malformed preferences JSON", lambda: __import__("rlhf.evaluation.front", fromlist=["x"]).load_preferences(
         parse_args(["--run", "x", "--preferences", str(yaml_file("bad.json", b"[[0.5,"))]), 2))
     b.case(E, "a directory that is no finished run", lambda: evaluate(parse_args(["--run", str(t)])))
     nan_front = yaml_file("nan.json", json.dumps({"method": "a", "objectives": ["x", "y"], "preferences": [[1, 0]],
@@ -284,7 +286,7 @@ def main() -> None:
     ok_front = yaml_file("ok.json", json.dumps({"method": "a", "objectives": ["x", "y"], "preferences": [[1, 0]],
                                                 "points": [[1.0, 1.0]]}).encode())
     b.case(E, "fronts with other objectives", lambda: compare([str(ok_front), str(other)], str(t / "cmp2")))
-    from rlhf.front import _FiniteMeans
+    from rlhf.evaluation.front import _FiniteMeans
 
     def nan_all() -> None:
         _FiniteMeans()(np.full((3, 2), np.nan), "oracle", [1.0, 0.0])
@@ -297,8 +299,9 @@ def main() -> None:
         m.warn()
 
     b.case(E, "a scorer returning NaN for some responses", nan_some, expect="accept")
-    from rlhf.svd_lora import SVDLoRAConfig, apply_svd_lora, load_adapter, save_adapter
     from transformers import AutoModelForCausalLM
+
+    from rlhf.adapter.svd_lora import SVDLoRAConfig, apply_svd_lora, load_adapter, save_adapter
 
     def other_base() -> None:
         model = apply_svd_lora(AutoModelForCausalLM.from_pretrained(w / "base"), SVDLoRAConfig(rank=2, pref_dim=2))
@@ -310,13 +313,13 @@ def main() -> None:
         load_adapter(other_model, t / "adapter")
 
     b.case(E, "adapter loaded onto other base weights of the same shapes", other_base, runtime=True)
-    from rlhf.engine import placement
+    from rlhf.runtime.engine import placement
 
     b.case(E, "--device cuda on a machine without one", lambda: placement("cuda", "auto"))
     # --- W&B and the running PPO
     import os as _os
 
-    from rlhf.tracking import WandbConfig, resolve_mode
+    from rlhf.runtime.tracking import WandbConfig, resolve_mode
 
     def no_key() -> None:
         saved = {k: _os.environ.pop(k, None) for k in ("WANDB_API_KEY", "WANDB_MODE")}
@@ -347,7 +350,7 @@ def main() -> None:
 
     b.case("PPO", "a score model returning NaN", nan_scores, runtime=True)
     # --- serving
-    from rlhf.serve import ServeConfig, parse_request
+    from rlhf.serving.server import ServeConfig, parse_request
 
     names, scfg = ["helpful", "harmless"], ServeConfig(run="x", max_tokens_cap=32, default_max_tokens=16)
     msg = [{"role": "user", "content": "Hi"}]

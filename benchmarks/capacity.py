@@ -23,7 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rlhf.algo.advantages import ADVANTAGES  # noqa: E402
 
 MODELS = {  # hidden, layers, heads, kv heads, intermediate, vocab
     "135m": (576, 30, 9, 3, 1536, 49152),        # SmolLM2-135M (measured on CPU here)
@@ -80,7 +85,7 @@ def estimate(s: Setting) -> dict:
     Nc = n_params(MODELS[s.critic_model or s.model])[0]
     G, gib = s.gpus, 2**30
     mem_gpu, hbm, peak = GPUS[s.gpu]
-    critic = s.estimator == "gae"
+    critic = ADVANTAGES.get(s.estimator).NEEDS_CRITIC
     backbones = 2 * N + (2 * Nc if critic else 0) + 2 * Ns * s.D                   # bf16 weights
     largest_layer = 2 * (N_lin / L)
     weights = backbones / G + 2 * largest_layer if s.zero == 3 else backbones

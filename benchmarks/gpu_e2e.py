@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rlhf.algo.advantages import ADVANTAGES  # noqa: E402
+
 # H200 SXM: 4.8 TB/s HBM3e, ~989 TFLOP/s dense bf16 (the device notes measure ~790 TFLOP/s on matmuls)
 HBM_BYTES_PER_S = 4.8e12
 PEAK_BF16_FLOPS = 989e12
@@ -54,12 +56,12 @@ def prepare(root: Path, tiny: bool) -> dict:
 
     from hhbench.task import write_task
     from hhbench.tiny import build_tokenizer
-    from reward_models.score_model import write_dimension
+    from rlhf.scoring.score_model import write_dimension
 
     shape = "tiny" if tiny else "tinyllama-1.1b"
     hidden, layers, heads, kv, inter, vocab = SHAPES[shape]
     files = write_task(root / "data", seed=0, n_sft=10, n_pref=512, n_prompts=1024, n_eval=64)
-    from rlhf.data import DEFAULT_TEMPLATE
+    from rlhf.data.chat import DEFAULT_TEMPLATE
 
     texts = [DEFAULT_TEMPLATE.format(prompt=json.loads(l)["prompt"])
              for l in Path(files["prompts"]).read_text().splitlines()]
@@ -132,7 +134,7 @@ def phase_figures(run: Path, meta: dict, estimator: str, tiny: bool) -> dict:
     head_dim = meta["hidden"] // meta["heads"]
     kv_bytes = 2 * meta["layers"] * meta["kv_heads"] * head_dim * 2 * (prompt + new / 2)  # K and V, mean context
     floor_tok_s = B / ((2 * n + B * kv_bytes) / HBM_BYTES_PER_S)
-    trained = 2 if estimator == "gae" else 1                                               # actor (+ critic)
+    trained = 2 if ADVANTAGES.get(estimator).NEEDS_CRITIC else 1                          # actor (+ critic)
     flops = 4 * n * med["perf/update_tokens"] * trained
     out = {"generate_s": med["time/generate"], "score_s": med["time/score"], "update_s": med["time/update"],
            "rollout_tok_s": med["perf/generate_tokens_per_s"],
@@ -171,7 +173,7 @@ def main() -> None:
         ("zero2_hf_merged", {}, "gae"),
         ("zero2_static_compile", {"generation": {"backend": "hf_static_compile", **compile_backend}}, "gae"),
         ("zero3_hf", {"ds_config": "ds_configs/zero3.json", "generation": {"merge_adapter": False}}, "gae"),
-        ("zero2_group", {"advantage": {"estimator": "group", "group_size": 4}}, "group"),
+        ("zero2_group", {"advantage": {"name": "group", "group_size": 4}}, "group"),
     ]
     port = 29900
     for name, over, estimator in settings:

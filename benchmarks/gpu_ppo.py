@@ -20,11 +20,11 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rlhf.generation import HFStaticCompiled, compiled_graphs
-from rlhf.losses import policy_loss
-from rlhf.rollout import policy_and_reference_logprobs, response_logprobs
-from rlhf.svd_lora import (SVDLoRAConfig, adapter_disabled, apply_svd_lora, merge_preference, set_preference,
-                           svd_lora_layers, unmerge_preference)
+from rlhf.adapter.svd_lora import (SVDLoRAConfig, adapter_disabled, apply_svd_lora, merge_preference, set_preference,
+                                   svd_lora_layers, unmerge_preference)
+from rlhf.algo.losses import policy_loss
+from rlhf.rollout.backends import HFStaticCompiled, compiled_graphs
+from rlhf.rollout.rollout import policy_and_reference_logprobs, response_logprobs
 
 
 def sync() -> None:
@@ -98,7 +98,7 @@ def main() -> None:
     merge_preference(model, lam)
     t_merged, _ = timed(lambda: model.generate(input_ids=prompts, attention_mask=mask, **gen))
     rows.append(("generate, lambda merged into W0", t_merged, B * T / t_merged))
-    # hf_static_compile (rlhf/generation.py): static KV cache + compiled decode step; CUDA graphs on the GPU
+    # hf_static_compile (rlhf/rollout/backends.py): static KV cache + compiled decode step; CUDA graphs on the GPU
     backend = HFStaticCompiled("inductor" if dev.type == "cuda" else "eager",
                                "reduce-overhead" if dev.type == "cuda" else None)
     static = dict(gen, cache_implementation="static", compile_config=backend.compile_config)

@@ -23,7 +23,7 @@ for seed in $SEEDS; do
   if [ ! -f "$run/policy/run.json" ]; then
     T0=$(date +%s)
     python rlhf/train_ppo.py --config "$QS/configs/ppo.yaml" --output_dir "$run" --total_steps "$STEPS" --seed "$seed" \
-      --advantage.estimator group --advantage.group_size 4 --advantage.std_normalize "$STD" \
+      --advantage.name group --advantage.group_size 4 --advantage.std_normalize "$STD" \
       --advantage.baseline "$BASELINE" --eval.every 0 --save_every 0 --wandb.mode disabled $(again "$run") > "$run.log" 2>&1
     echo "$run: trained in $(( $(date +%s) - T0 )) s"
   fi

@@ -30,15 +30,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.ppo_compare import peak_rss_mib  # noqa: E402
-from rlhf.data import DEFAULT_TEMPLATE  # noqa: E402
+from rlhf.data.chat import DEFAULT_TEMPLATE  # noqa: E402
 
 KL = 0.05
 
 
 def run_ours(args: argparse.Namespace) -> dict:
-    from rlhf.config import load_config
-    from rlhf.ppo_config import PPOConfig
-    from rlhf.trainer import PPOTrainer
+    from rlhf.core.config import load_config
+    from rlhf.training.ppo import PPOTrainer
+    from rlhf.training.ppo_config import PPOConfig
 
     d = Path(args.dir)
     out = d / f"group_out_{args.estimator}"
@@ -50,7 +50,7 @@ def run_ours(args: argparse.Namespace) -> dict:
                                      "batch_size": args.batch}]),
         "--adapter.rank", "8", "--adapter.pref_dim", "2", "--prompts.path", str(d / "prompts.jsonl"),
         "--prompts.max_prompt_length", "32", "--generation.max_new_tokens", str(args.new),
-        "--generation.merge_adapter", "true", "--advantage.estimator", args.estimator,
+        "--generation.merge_adapter", "true", "--advantage.name", args.estimator,
         "--advantage.group_size", str(args.group), "--ppo.kl_coef", str(KL),
         "--rollout_batch_size", str(args.batch), "--mini_batch_size", str(args.batch),
         "--micro_batch_size", str(args.batch // 2), "--ppo.ppo_epochs", "1", "--total_steps", str(args.iters),

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, also for the TRL venv's interpreter
-from rlhf.data import DEFAULT_TEMPLATE  # noqa: E402
+from rlhf.data.chat import DEFAULT_TEMPLATE  # noqa: E402
 
 SIZES = {  # name: (hidden, layers, heads, vocab)
     "tiny": (128, 4, 4, 1024),      # the quickstart base: ~1M parameters
@@ -50,8 +50,8 @@ def peak_rss_mib() -> float:
 def prepare(args: argparse.Namespace) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    from reward_models.score_model import write_dimension
     from hhbench.tiny import build_tokenizer, tiny_causal_lm
+    from rlhf.scoring.score_model import write_dimension
 
     hidden, layers, heads, vocab = SIZES[args.size]
     d = Path(args.dir)
@@ -98,9 +98,9 @@ def summarize(path: Path) -> None:
 
 
 def run_ours(args: argparse.Namespace) -> dict:
-    from rlhf.config import load_config
-    from rlhf.ppo_config import PPOConfig
-    from rlhf.trainer import PPOTrainer
+    from rlhf.core.config import load_config
+    from rlhf.training.ppo import PPOTrainer
+    from rlhf.training.ppo_config import PPOConfig
 
     d = Path(args.dir)
     cfg = load_config(PPOConfig, None, [
@@ -140,7 +140,7 @@ def _use_reference_copy(trainer, path: Path) -> None:
 
     from transformers import AutoModelForCausalLM
 
-    from rlhf.rollout import response_logprobs
+    from rlhf.rollout.rollout import response_logprobs
 
     ref = AutoModelForCausalLM.from_pretrained(path).eval().requires_grad_(False)
     rollout_fn = trainer._rollout
@@ -158,8 +158,7 @@ def _use_reference_copy(trainer, path: Path) -> None:
 def run_trl(args: argparse.Namespace) -> dict:
     import trl
     from datasets import Dataset
-    from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
-                              TrainerCallback)
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     d = Path(args.dir)

@@ -35,7 +35,7 @@ def measure(args: argparse.Namespace) -> dict:
     import httpx
     import uvicorn
 
-    from rlhf.serve import ServeConfig, build_app
+    from rlhf.serving.server import ServeConfig, build_app
 
     port = free_port()
     cfg = ServeConfig(run=args.run, port=port, max_batch_size=args.batch, batch_window_ms=args.window_ms,

@@ -57,7 +57,7 @@ def front_report(pareto_json: str | Path, scorer: str = "oracle", prompts: Optio
             out["dominates_base_learned_models"] = _dominates(np.asarray(data["points"], float),
                                                               np.asarray(data["base_point"], float))
         if scorer == "oracle" and prompts is not None:
-            from rlhf.data import load_rows
+            from rlhf.data.datasets import load_rows
 
             rows = load_rows(str(prompts), max_samples=data["n_prompts"])["prompt"]  # as evaluate.py read them
             if len(rows) < data["n_prompts"]:

@@ -179,7 +179,7 @@ def write_task(out: str | Path, seed: int = 0, n_sft: int = 3000, n_pref: int = 
 
 def corpus(files: dict[str, str]) -> list[str]:
     """Texts to train the benchmark's tokenizer on (every prompt and response layout that occurs)."""
-    from rlhf.data import DEFAULT_TEMPLATE
+    from rlhf.data.chat import DEFAULT_TEMPLATE
 
     texts = []
     for line in Path(files["sft"]).read_text().splitlines():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from reward_models.score_model import safe_rlhf_to_hf, write_dimension
+from rlhf.scoring.score_model import safe_rlhf_to_hf, write_dimension
 
 
 def convert(src: str | Path, dst: str | Path, name: str, kind: str) -> Path:

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from rlhf.loop import cli
-from rlhf.ppo_config import PPOConfig
+from rlhf.runtime.cli import cli
+from rlhf.training.ppo_config import PPOConfig
 
 
 def run(cfg: PPOConfig) -> None:
-    from rlhf.trainer import PPOTrainer
+    from rlhf.training.ppo import PPOTrainer
 
     PPOTrainer(cfg).train()
 
 
 def dry_run(cfg: PPOConfig) -> dict[str, Any]:
-    from rlhf.trainer import dry_run as check
+    from rlhf.training.ppo import dry_run as check
 
     return check(cfg)
 

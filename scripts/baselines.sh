@@ -33,13 +33,13 @@ train panacea "$STEPS"
 rs_runs=()
 for i in $(seq 0 $((D - 1))); do
   vertex=$(python -c "print('[' + ','.join('1.0' if j == $i else '0.0' for j in range($D)) + ']')")
-  train "rs_$i" $((STEPS / D)) --preference.mode fixed --preference.fixed "$vertex"
+  train "rs_$i" $((STEPS / D)) --preference.name fixed --preference.value "$vertex"
   rs_runs+=(--run "$OUT/rs_$i")
 done
 dps_runs=()
 for j in $(seq 0 $((N - 1))); do
   pref=$(python -c "import json; print(json.dumps(json.loads('$prefs_json')[$j]).replace(' ', ''))")
-  train "dps_$j" $((STEPS / N)) --preference.mode fixed --preference.fixed "$pref"
+  train "dps_$j" $((STEPS / N)) --preference.name fixed --preference.value "$pref"
   dps_runs+=(--run "$OUT/dps_$j")
 done
 python rlhf/evaluate.py --run "$OUT/panacea" --grid "$GRID" --out "$OUT/eval_panacea" --name panacea $EVAL_ARGS

@@ -15,8 +15,8 @@ run() { [ -f "$OUT/$1/policy/run.json" ] || python rlhf/train_dpo.py $COMMON --o
   "${@:2}" $(again "$OUT/$1"); }
 run ls --max_steps "$STEPS" --aggregation ls
 run tche --max_steps "$STEPS" --aggregation tche
-run rs_0 --max_steps $((STEPS / 2)) --preference.mode fixed --preference.fixed "[1.0,0.0]"
-run rs_1 --max_steps $((STEPS / 2)) --preference.mode fixed --preference.fixed "[0.0,1.0]"
+run rs_0 --max_steps $((STEPS / 2)) --preference.name fixed --preference.value "[1.0,0.0]"
+run rs_1 --max_steps $((STEPS / 2)) --preference.name fixed --preference.value "[0.0,1.0]"
 python rlhf/evaluate.py --run "$OUT/ls" --out "$OUT/eval_ls" --name panacea_dpo_ls $EVAL
 python rlhf/evaluate.py --run "$OUT/tche" --out "$OUT/eval_tche" --name panacea_dpo_tche $EVAL
 python rlhf/evaluate.py --method rs --run "$OUT/rs_0" --run "$OUT/rs_1" --out "$OUT/eval_rs" --name rs_dpo $EVAL

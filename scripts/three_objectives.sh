@@ -21,9 +21,9 @@ ppo() {  # name steps [overrides...]
     --output_dir "$OUT/$name" --total_steps "$steps" "$@" $(again "$OUT/$name")
 }
 ppo panacea "$STEPS"
-ppo rs_0 $((STEPS / 3)) --preference.mode fixed --preference.fixed "[1.0,0.0,0.0]"
-ppo rs_1 $((STEPS / 3)) --preference.mode fixed --preference.fixed "[0.0,1.0,0.0]"
-ppo rs_2 $((STEPS / 3)) --preference.mode fixed --preference.fixed "[0.0,0.0,1.0]"
+ppo rs_0 $((STEPS / 3)) --preference.name fixed --preference.value "[1.0,0.0,0.0]"
+ppo rs_1 $((STEPS / 3)) --preference.name fixed --preference.value "[0.0,1.0,0.0]"
+ppo rs_2 $((STEPS / 3)) --preference.name fixed --preference.value "[0.0,0.0,1.0]"
 EVAL="--prompts $QS/data/eval_prompts.jsonl --grid 0.1 --n_prompts 128 --batch_size 8 --max_prompt_length 32
       --max_new_tokens 40 --no_wandb"
 [ -f "$OUT/eval_panacea/pareto.json" ] || python rlhf/evaluate.py --run "$OUT/panacea" --out "$OUT/eval_panacea" \

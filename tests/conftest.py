@@ -37,6 +37,6 @@ def input_ids(tokenizer):
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
     """A tiny base model, an (untrained) reward and cost model, and a prompt file, on disk."""
-    from tests.helpers import write_world
+    from hhbench.fixtures import write_world
 
     return write_world(tmp_path_factory.mktemp("world"))

@@ -12,12 +12,12 @@ import pytest
 import torch
 import yaml
 
-from rlhf.checkpoint import ResumeError
-from rlhf.config import ConfigError, load_config
-from rlhf.data import DataError, load_rows
-from rlhf.paths import PathCheckError
-from rlhf.ppo_config import PPOConfig
-from rlhf.run import RunDirError
+from rlhf.core.config import ConfigError, load_config
+from rlhf.data.datasets import DataError, load_rows
+from rlhf.runtime.checkpoint import ResumeError
+from rlhf.runtime.paths import PathCheckError
+from rlhf.runtime.run import RunDirError
+from rlhf.training.ppo_config import PPOConfig
 from tests.test_ppo import load, make_config, metrics
 
 
@@ -68,7 +68,7 @@ def test_yaml_errors_name_file_and_line_and_1e_minus_3_is_a_number(world, tmp_pa
 
 
 def test_data_files_non_utf8_and_nulls_name_file_and_row(tmp_path):
-    from reward_models.data import build_pairs
+    from rlhf.data.pairs import build_pairs
 
     f = tmp_path / "p.jsonl"
     f.write_bytes(b'{"prompt": "a"}\n{"prompt": "caf\xe9"}\n')
@@ -81,7 +81,7 @@ def test_data_files_non_utf8_and_nulls_name_file_and_row(tmp_path):
 
 
 def test_eval_grid_and_prompt_count_are_checked(world, tmp_path):
-    from rlhf.evaluate import parse_args
+    from rlhf.evaluation.evaluate import parse_args
 
     with pytest.raises(ConfigError, match="'grid': must divide 1"):
         parse_args(["--run", "x", "--grid", "0"])
@@ -89,8 +89,8 @@ def test_eval_grid_and_prompt_count_are_checked(world, tmp_path):
         parse_args(["--run", "x", "--n_prompts", "0"])
     bad = tmp_path / "prefs.json"
     bad.write_text("[[0.5, 0.5],")
-    from rlhf.evaluate import load_preferences
-    from rlhf.svd_lora import PreferenceError
+    from rlhf.adapter.svd_lora import PreferenceError
+    from rlhf.evaluation.front import load_preferences
 
     with pytest.raises(PreferenceError, match="cannot read preferences file .*prefs.json"):
         load_preferences(parse_args(["--run", "x", "--preferences", str(bad)]), 2)
@@ -99,7 +99,7 @@ def test_eval_grid_and_prompt_count_are_checked(world, tmp_path):
 # ---------------------------------------------------------------- paths, before anything loads
 
 def test_dry_run_and_trainers_check_every_path(world, tmp_path, no_model_loads):
-    from rlhf.trainer import PPOTrainer, dry_run
+    from rlhf.training.ppo import PPOTrainer, dry_run
 
     cases = [({"actor_model": str(tmp_path / "no_actor")}, r"'actor_model': no such directory"),
              ({"tokenizer": str(tmp_path / "no_tok")}, r"'tokenizer': no such directory"),
@@ -119,7 +119,7 @@ def test_dry_run_and_trainers_check_every_path(world, tmp_path, no_model_loads):
 
 def test_tokenizer_larger_than_the_embeddings_is_refused(world, tmp_path, no_model_loads):
     from hhbench.tiny import build_tokenizer
-    from rlhf.trainer import PPOTrainer
+    from rlhf.training.ppo import PPOTrainer
 
     big = build_tokenizer(vocab_size=1000)
     big.save_pretrained(tmp_path / "big_tok")
@@ -128,11 +128,11 @@ def test_tokenizer_larger_than_the_embeddings_is_refused(world, tmp_path, no_mod
 
 
 def test_empty_prompts_warn_with_a_count_and_all_empty_is_refused(world, tmp_path, no_model_loads):
-    from rlhf.trainer import PPOTrainer
+    from rlhf.training.ppo import PPOTrainer
 
     rows = [{"prompt": p} for p in ["How do I bake bread?", "", "   ", "How do I cook rice?"] * 4]
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    from rlhf.data import prompt_column
+    from rlhf.data.datasets import prompt_column
 
     with pytest.warns(UserWarning, match="dropped 8 of 16 empty prompts"):
         assert len(prompt_column(load_rows(str(tmp_path / "p.jsonl")), "prompt", "p")) == 8
@@ -151,8 +151,8 @@ def _fake_checkpoint(out: Path, config: dict, world_size: int, step: int = 2) ->
 
 
 def test_resume_refuses_changed_fields_and_another_process_count_before_loading(world, tmp_path, no_model_loads):
-    from rlhf.config import to_dict
-    from rlhf.trainer import PPOTrainer
+    from rlhf.core.config import to_dict
+    from rlhf.training.ppo import PPOTrainer
 
     path = make_config(world, tmp_path / "r", resume_from="latest")
     saved = to_dict(load(path))
@@ -167,7 +167,7 @@ def test_resume_refuses_changed_fields_and_another_process_count_before_loading(
 
 
 def test_a_torn_last_metrics_line_does_not_block_resume(world, tmp_path):
-    from rlhf.trainer import PPOTrainer
+    from rlhf.training.ppo import PPOTrainer
 
     PPOTrainer(load(make_config(world, tmp_path / "r", total_steps=2, save_every=1))).train()
     m = tmp_path / "r" / "metrics.jsonl"
@@ -183,8 +183,8 @@ def test_full_disk_keeps_every_complete_checkpoint(world, tmp_path, monkeypatch)
     import collections
     import errno
 
-    import rlhf.run as run_mod
-    from rlhf.trainer import PPOTrainer
+    import rlhf.runtime.run as run_mod
+    from rlhf.training.ppo import PPOTrainer
 
     tr = PPOTrainer(load(make_config(world, tmp_path / "r", total_steps=3, save_every=1, keep_last=1)))
     tr.train_step()
@@ -213,9 +213,9 @@ def test_full_disk_keeps_every_complete_checkpoint(world, tmp_path, monkeypatch)
 # ---------------------------------------------------------------- non-finite scores, named by scorer
 
 def test_nan_scores_in_evaluation_and_comparison_name_the_scorer(world, tmp_path):
-    from rlhf.compare_fronts import compare
-    from rlhf.front import _FiniteMeans
-    from rlhf.pareto import FrontError
+    from rlhf.evaluation.compare import compare
+    from rlhf.evaluation.front import _FiniteMeans
+    from rlhf.evaluation.pareto import FrontError
 
     mean = _FiniteMeans()
     values = np.array([[1.0, 2.0], [np.nan, 1.0], [3.0, 4.0]])
@@ -232,8 +232,8 @@ def test_nan_scores_in_evaluation_and_comparison_name_the_scorer(world, tmp_path
 
 
 def test_ppo_nan_stop_names_the_score_model(world, tmp_path, monkeypatch):
-    from rlhf.scoring import NonFiniteScoresError
-    from rlhf.trainer import PPOTrainer
+    from rlhf.scoring.scorer import NonFiniteScoresError
+    from rlhf.training.ppo import PPOTrainer
 
     tr = PPOTrainer(load(make_config(world, tmp_path / "nan", max_bad_batches=1)))
 
@@ -252,7 +252,7 @@ def test_ppo_nan_stop_names_the_score_model(world, tmp_path, monkeypatch):
 def test_adapter_on_a_base_with_other_weights_is_refused(world, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from rlhf.svd_lora import AdapterMismatchError, SVDLoRAConfig, apply_svd_lora, load_adapter, save_adapter
+    from rlhf.adapter.svd_lora import AdapterMismatchError, SVDLoRAConfig, apply_svd_lora, load_adapter, save_adapter
 
     model = apply_svd_lora(AutoModelForCausalLM.from_pretrained(world / "base"), SVDLoRAConfig(rank=2, pref_dim=2))
     save_adapter(model, tmp_path / "adapter")
@@ -269,7 +269,7 @@ def test_adapter_on_a_base_with_other_weights_is_refused(world, tmp_path):
 # ---------------------------------------------------------------- W&B offline fallback
 
 def test_wandb_online_without_key_or_network_falls_back_to_offline(tmp_path, monkeypatch):
-    from rlhf.tracking import Tracker, WandbConfig, resolve_mode
+    from rlhf.runtime.tracking import Tracker, WandbConfig, resolve_mode
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -5,8 +5,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from rlhf.data import (DataError, as_messages, encode_example, fit_prompt, fit_prompts, format_conversation,
-                       format_prompt, load_rows, render_plain)
+from rlhf.data.chat import (as_messages, encode_example, fit_prompt, fit_prompts, format_conversation, format_prompt,
+                            render_plain)
+from rlhf.data.datasets import DataError, load_rows
 from tests.test_ppo import load, make_config
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} </s>{% endfor %}"
@@ -64,7 +65,7 @@ def test_generate_cuts_an_over_long_prompt_from_the_left(world):
     """The tokenizer's default right truncation kept a long prompt's start and lost the request and 'ASSISTANT:'."""
     from transformers import AutoModelForCausalLM
 
-    from rlhf.rollout import generate
+    from rlhf.rollout.rollout import generate
 
     tok = AutoTokenizer.from_pretrained(world / "base")
     model = AutoModelForCausalLM.from_pretrained(world / "base").eval()
@@ -77,7 +78,7 @@ def test_generate_cuts_an_over_long_prompt_from_the_left(world):
 
 
 def test_ppo_on_chats_scores_the_conversation_the_policy_answered(world, tmp_path, chat_tok, monkeypatch):
-    from rlhf.trainer import PPOTrainer
+    from rlhf.training.ppo import PPOTrainer
 
     long_chat = [{"role": "user", "content": "How do I learn chess? " * 8}, {"role": "assistant", "content": "Play."},
                  {"role": "user", "content": "How do I save money?"}]
@@ -101,9 +102,9 @@ def test_ppo_on_chats_scores_the_conversation_the_policy_answered(world, tmp_pat
 
 
 def test_reward_dpo_and_sft_data_read_chats(world, tmp_path, chat_tok):
-    from reward_models.data import PairTensors, build_pairs
-    from rlhf.train_dpo import DPOData, DPODataConfig
-    from rlhf.train_sft import SFTData, SFTDataConfig
+    from rlhf.data.pairs import PairTensors, build_pairs
+    from rlhf.training.dpo import DPOData, DPODataConfig
+    from rlhf.training.sft import SFTData, SFTDataConfig
 
     ultra = {"prompt": "How do I plant tomatoes?",
              "chosen": CHAT[:-1] + [CHAT[-1], {"role": "assistant", "content": "Dig small holes, water them."}],

@@ -3,7 +3,7 @@ from typing import Literal, Optional
 
 import pytest
 
-from rlhf.config import ConfigError, check, describe, doc_field, load_config, parse_overrides, to_dict
+from rlhf.core.config import ConfigError, check, describe, doc_field, load_config, parse_overrides, to_dict
 
 
 @dataclass(frozen=True)

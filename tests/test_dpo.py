@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf.config import ConfigError, load_config
-from rlhf.evaluate import evaluate, parse_args
-from rlhf.train_dpo import DPOConfig, dpo_losses, train
+from rlhf.core.config import ConfigError, load_config
+from rlhf.evaluation.evaluate import evaluate, parse_args
+from rlhf.training.dpo import DPOConfig, dpo_losses, train
 
 
 def test_dpo_loss_hand_worked():
@@ -27,7 +27,7 @@ def conflicting_pairs(path, n=240, seed=5):
     so only the preference input can tell the model which one to follow."""
     import random
 
-    from tests.helpers import BENIGN, HARMFUL, helpful
+    from hhbench.fixtures import BENIGN, HARMFUL, helpful
 
     rng = random.Random(seed)
     rows = []
@@ -82,7 +82,7 @@ def test_dpo_config_errors(world, tmp_path):
 
 
 def test_resume_refuses_a_changed_config_and_a_missing_checkpoint(world, tmp_path):
-    from rlhf.checkpoint import ResumeError
+    from rlhf.runtime.checkpoint import ResumeError
 
     with pytest.raises(ResumeError, match="no checkpoint in .*dpo/checkpoints"):
         train(_cfg(world, tmp_path, "--resume_from", "latest"))
@@ -99,7 +99,7 @@ def test_sigkill_then_resume_takes_the_same_steps(world, tmp_path):
     import yaml
     from safetensors.torch import load_file
 
-    from rlhf.config import to_dict
+    from rlhf.core.config import to_dict
     from tests.helpers import clean_env
 
     def cmd(name, *extra):

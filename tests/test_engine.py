@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from rlhf.engine import EngineConfigError, check_ds_config, resolve_ds_config
+from rlhf.runtime.engine import EngineConfigError, check_ds_config, resolve_ds_config
 
 ARGS = dict(micro_batch_size=4, grad_accum=2, lr=1e-4, weight_decay=0.0, precision="bf16", max_grad_norm=1.0,
             hidden_size=64)

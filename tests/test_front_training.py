@@ -23,12 +23,12 @@ def fronts(out):
 
 
 def test_in_training_front_equals_evaluate_on_the_checkpoint_and_reaches_wandb(world, tmp_path):
-    from rlhf.evaluate import evaluate, parse_args
-    from rlhf.trainer import PPOTrainer
+    from rlhf.evaluation.evaluate import evaluate, parse_args
+    from rlhf.training.ppo import PPOTrainer
 
     out = tmp_path / "ppo"
     PPOTrainer(load(make_config(world, out, total_steps=3, eval=eval_block(world),
-                                eval_scorers={"oracle": "tests.helpers:length_oracle"},
+                                eval_scorers={"oracle": "hhbench.fixtures:length_oracle"},
                                 wandb={"mode": "offline"}))).train()
     evals = fronts(out)
     assert [r["step"] for r in evals] == [0, 2, 3]                       # step 0, every 2, and the last step
@@ -65,8 +65,8 @@ def test_in_training_front_equals_evaluate_on_the_checkpoint_and_reaches_wandb(w
 
 
 def test_dpo_evaluates_its_front_while_training(world, tmp_path):
+    from rlhf.training.dpo import train
     from tests.test_dpo import _cfg
-    from rlhf.train_dpo import train
 
     cfg = _cfg(world, tmp_path, "--max_steps", "4", "--eval.every", "2", "--eval.prompts", str(world / "prompts.jsonl"),
                "--eval.grid", "0.5", "--eval.n_prompts", "4", "--eval.max_new_tokens", "6", "--save_every", "2")
@@ -78,7 +78,7 @@ def test_dpo_evaluates_its_front_while_training(world, tmp_path):
 
 
 def test_eval_config_needs_prompts_and_score_models(world, tmp_path):
-    from rlhf.config import ConfigError
+    from rlhf.core.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"'eval.prompts': is required when eval.every > 0"):
         load(make_config(world, tmp_path / "r"), "--eval.every", "5")

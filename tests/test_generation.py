@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from rlhf.generation import BACKENDS, compiled_graphs, make_backend
-from rlhf.rollout import decode_responses, generate
-from rlhf.svd_lora import SVDLoRAConfig, apply_svd_lora, set_preference
 from hhbench.tiny import tiny_causal_lm
+from rlhf.adapter.svd_lora import SVDLoRAConfig, apply_svd_lora, set_preference
+from rlhf.rollout.backends import BACKENDS, compiled_graphs, make_backend
+from rlhf.rollout.rollout import decode_responses, generate
 from tests.test_ppo import load, make_config
 
 GREEDY = dict(max_new_tokens=10, do_sample=False, temperature=1.0, top_p=1.0, pad_token_id=0, eos_token_id=1)
@@ -39,7 +39,7 @@ def _compiled():
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="unknown generation backend 'vllm'"):
         make_backend("vllm")
-    assert set(BACKENDS) == {"hf", "hf_static_compile"}
+    assert set(BACKENDS.names()) == {"hf", "hf_static_compile"}
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -84,9 +84,9 @@ def test_rollout_pads_to_a_fixed_length_for_the_static_backend(world):
 
 
 def test_ppo_runs_with_the_compiled_backend_and_refuses_it_under_zero3(world, tmp_path):
-    from rlhf.trainer import PPOTrainer
+    from rlhf.training.ppo import PPOTrainer
 
-    gen = {"max_new_tokens": 8, "backend": "hf_static_compile", "compile_backend": "eager"}
+    gen = {"max_new_tokens": 8, "backend": {"name": "hf_static_compile", "compile_backend": "eager"}}
     with pytest.raises(ValueError, match="generation.backend': 'hf_static_compile' needs ZeRO stage 0-2"):
         PPOTrainer(load(make_config(world, tmp_path / "z3", generation=gen, ds_config="ds_configs/zero3.json")))
     trainer = PPOTrainer(load(make_config(world, tmp_path / "ppo", generation=gen, total_steps=2)))
@@ -96,7 +96,7 @@ def test_ppo_runs_with_the_compiled_backend_and_refuses_it_under_zero3(world, tm
 
 
 def test_shared_noise_is_per_row_and_samples_the_right_distribution():
-    from rlhf.generation import SharedNoiseSampling, row_seeds, shared_gumbel
+    from rlhf.rollout.sampling import SharedNoiseSampling, row_seeds, shared_gumbel
 
     seeds = row_seeds(3, range(6))
     g = shared_gumbel(seeds, step=2, vocab=50)                                           # (6, 50)

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from rlhf.advantages import group_advantages
-from rlhf.config import ConfigError
+from rlhf.algo.advantages import group_advantages
+from rlhf.core.config import ConfigError
 from tests.test_ppo import load, make_config, metrics
 
-GROUP = {"advantage": {"estimator": "group", "group_size": 4}, "rollout_batch_size": 8, "mini_batch_size": 8,
+GROUP = {"advantage": {"name": "group", "group_size": 4}, "rollout_batch_size": 8, "mini_batch_size": 8,
          "micro_batch_size": 4}
 
 
@@ -42,15 +42,15 @@ def test_config_checks(world, tmp_path):
         load(path, "--advantage.group_size", "3")
     with pytest.raises(ConfigError, match="'advantage.group_size': must be >= 2"):
         load(path, "--advantage.group_size", "1")
-    with pytest.raises(ConfigError, match="'critic_model': must be null with advantage.estimator group"):
+    with pytest.raises(ConfigError, match="'critic_model': must be null: advantage estimator 'group' trains no critic"):
         load(path, "--critic_model", str(world / "base"))
-    with pytest.raises(ConfigError, match="'advantage.estimator': must be one of"):
-        load(path, "--advantage.estimator", "vtrace")
+    with pytest.raises(ConfigError, match="'advantage.name': unknown advantage estimator 'vtrace'; must be one of"):
+        load(path, "--advantage.name", "vtrace")
 
 
 @pytest.mark.parametrize("per", ["batch", "sample"])
 def test_groups_share_prompt_and_lambda_and_no_critic_exists(world, tmp_path, monkeypatch, per):
-    import rlhf.trainer as trainer_mod
+    import rlhf.training.ppo as trainer_mod
 
     seen = []
     real = trainer_mod.generate_rollout
@@ -80,7 +80,7 @@ def test_groups_share_prompt_and_lambda_and_no_critic_exists(world, tmp_path, mo
 
 
 def test_group_estimator_runs_with_three_objectives_and_tchebycheff(world, tmp_path):
-    from rlhf.trainer import PPOTrainer
+    from rlhf.training.ppo import PPOTrainer
 
     objectives = [{"name": "helpful", "model": str(world / "rm"), "kind": "reward"},
                   {"name": "harmless", "model": str(world / "cm"), "kind": "cost"},
@@ -95,9 +95,9 @@ def test_each_objective_rises_at_its_own_vertex(world, tmp_path, monkeypatch):
     """Two objectives that pull apart (long answers vs short ones), trained at the vertices only: the response
     length must follow lambda. It can fail: with the preference path inert the policy learns one compromise for
     every lambda (DESIGN.md §4)."""
-    from rlhf.rollout import generate
-    from rlhf.trainer import PPOTrainer
-    from tests.helpers import write_eos_prone_base
+    from hhbench.fixtures import write_eos_prone_base
+    from rlhf.rollout.rollout import generate
+    from rlhf.training.ppo import PPOTrainer
 
     actor = write_eos_prone_base(world, tmp_path / "eosy")
     cfg = load(make_config(world, tmp_path / "v", actor_model=str(actor), total_steps=20,
@@ -130,7 +130,7 @@ def test_each_objective_rises_at_its_own_vertex(world, tmp_path, monkeypatch):
 def test_one_update_per_batch_skips_old_logprobs_without_changing_the_update(world, tmp_path, estimator):
     """ppo_epochs 1 over one mini-batch: pi_old is the update's own forward, so the rollout computes reference
     log-probs only; the adapter after the step equals the one the full old/ref pass gives."""
-    from rlhf.trainer import PPOTrainer
+    from rlhf.training.ppo import PPOTrainer
 
     extra = GROUP if estimator == "group" else {}
     adapters, kls = [], []

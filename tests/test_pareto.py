@@ -9,14 +9,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf.compare_fronts import compare
-from rlhf.evaluate import evaluate, parse_args
-from rlhf.pareto import FrontError, grid, hypervolume, inner_product, non_dominated, sparsity, spacing
-from rlhf.preference import PreferenceConfig
-from rlhf.runs import write_run_info
-from rlhf.scoring import ObjectiveConfig
-from rlhf.svd_lora import PreferenceError, SVDLoRAConfig, apply_svd_lora, save_adapter, svd_lora_layers
-
+from rlhf.adapter.policy import write_run_info
+from rlhf.adapter.svd_lora import PreferenceError, SVDLoRAConfig, apply_svd_lora, save_adapter, svd_lora_layers
+from rlhf.algo.preference import PREFERENCES
+from rlhf.evaluation.compare import compare
+from rlhf.evaluation.evaluate import evaluate, parse_args
+from rlhf.evaluation.pareto import FrontError, grid, hypervolume, inner_product, non_dominated, spacing, sparsity
+from rlhf.scoring.objectives import ModelObjective
 from tests.helpers import clean_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,11 +82,11 @@ def make_run(world, path, fixed=None, seed=0, s=0.2):
     policy = Path(path) / "policy"
     save_adapter(model, policy)
     AutoTokenizer.from_pretrained(world / "base").save_pretrained(policy)
-    objectives = [ObjectiveConfig(name="helpful", model=str(world / "rm"), kind="reward"),
-                  ObjectiveConfig(name="harmless", model=str(world / "cm"), kind="cost")]
-    pref = PreferenceConfig(mode="fixed", fixed=tuple(fixed)) if fixed else PreferenceConfig()
+    objectives = [ModelObjective(name="helpful", model=str(world / "rm"), kind="reward"),
+                  ModelObjective(name="harmless", model=str(world / "cm"), kind="cost")]
+    pref = PREFERENCES.make("fixed", value=tuple(fixed)) if fixed else PREFERENCES.default_block()
     write_run_info(policy, trainer="ppo", base_model=str(world / "base"), objectives=objectives, preference=pref,
-                   eval_scorers={"oracle": "tests.helpers:length_oracle"}, step=1,
+                   eval_scorers={"oracle": "hhbench.fixtures:length_oracle"}, step=1,
                    prompts_path=str(world / "prompts.jsonl"))
     return Path(path)
 
@@ -99,7 +98,7 @@ def run_eval(*argv):
 
 def test_evaluate_lays_prompts_out_with_the_configured_template(world, tmp_path, monkeypatch):
     """The prompt_template a training run's eval.yaml carries is the one evaluate.py generates from."""
-    import rlhf.evaluate as ev
+    import rlhf.evaluation.evaluate as ev
 
     seen = []
 
@@ -200,7 +199,7 @@ def test_cli_runs(world, tmp_path):
 
 
 def test_rewarded_soups_pairs_runs_with_objectives_by_their_vertex(world, tmp_path):
-    from rlhf.svd_lora import PreferenceError
+    from rlhf.adapter.svd_lora import PreferenceError
 
     rs = [make_run(world, tmp_path / "rs0", fixed=(1.0, 0.0), seed=1),
           make_run(world, tmp_path / "rs1", fixed=(0.0, 1.0), seed=2)]
@@ -217,7 +216,7 @@ def test_rewarded_soups_pairs_runs_with_objectives_by_their_vertex(world, tmp_pa
 
 
 def test_evaluation_device_and_dtype(world, tmp_path, monkeypatch):
-    from rlhf.engine import EngineConfigError, placement
+    from rlhf.runtime.engine import EngineConfigError, placement
 
     assert placement(None, "auto") == (torch.device("cpu"), torch.float32)
     assert placement("cpu", "bf16") == (torch.device("cpu"), torch.bfloat16)

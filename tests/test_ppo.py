@@ -8,39 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from rlhf import checkpoint
-from rlhf.config import ConfigError, load_config
-from rlhf.ppo_config import PPOConfig
-from rlhf.svd_lora import read_adapter_config
-from rlhf.paths import PathCheckError
-from rlhf.scoring import NonFiniteScoresError
-
+from hhbench.fixtures import write_ppo_config as make_config
+from rlhf.adapter.svd_lora import read_adapter_config
+from rlhf.core.config import ConfigError, load_config
+from rlhf.runtime import checkpoint
+from rlhf.runtime.paths import PathCheckError
+from rlhf.scoring.scorer import NonFiniteScoresError
+from rlhf.training.ppo_config import PPOConfig
 from tests.helpers import clean_env
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_config(world, out, **over):
-    cfg = {
-        "actor_model": str(world / "base"), "output_dir": str(out),
-        "objectives": [{"name": "helpful", "model": str(world / "rm"), "kind": "reward"},
-                       {"name": "harmless", "model": str(world / "cm"), "kind": "cost"}],
-        "adapter": {"rank": 4, "pref_dim": 2}, "prompts": {"path": str(world / "prompts.jsonl"),
-                                                            "max_prompt_length": 64},
-        "generation": {"max_new_tokens": 8}, "rollout_batch_size": 4, "mini_batch_size": 4, "micro_batch_size": 2,
-        "total_steps": 3, "precision": "fp32", "save_every": 0, "sample_every": 0, "seed": 7,
-        "ppo": {"actor_lr": 5e-3, "critic_lr": 5e-3}, "wandb": {"mode": "disabled"},
-    }
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
-            cfg[k] = {**cfg[k], **v}
-        else:
-            cfg[k] = v
-    path = Path(out).parent / (Path(out).name + ".yaml")
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def load(path, *overrides):
@@ -54,7 +32,7 @@ def metrics(out):
 # ---------------------------------------------------------------- in process
 
 def test_only_adapter_and_critic_change_and_lambda_is_held(world, tmp_path, monkeypatch):
-    import rlhf.trainer as trainer_mod
+    import rlhf.training.ppo as trainer_mod
 
     seen = {"rollout": [], "update": []}
     real_gen, real_loss = trainer_mod.generate_rollout, trainer_mod.policy_loss
@@ -65,7 +43,7 @@ def test_only_adapter_and_critic_change_and_lambda_is_held(world, tmp_path, monk
 
     def spy_loss(logprobs, old, adv, kl_adv, mask, lam, *a, **kw):
         seen["update"].append(lam.clone())
-        from rlhf.svd_lora import get_preference
+        from rlhf.adapter.svd_lora import get_preference
         seen.setdefault("adapter", []).append(get_preference(tr.actor.module).clone())
         return real_loss(logprobs, old, adv, kl_adv, mask, lam, *a, **kw)
 
@@ -98,7 +76,7 @@ def test_only_adapter_and_critic_change_and_lambda_is_held(world, tmp_path, monk
 
 
 def test_tche_and_per_sample_preferences_and_ptx_run(world, tmp_path):
-    from rlhf.trainer import PPOTrainer
+    from rlhf.training.ppo import PPOTrainer
 
     (tmp_path / "sft.jsonl").write_text("".join(json.dumps({"text": f"How do I cook rice? Boil it {i}."}) + "\n"
                                                 for i in range(8)))
@@ -110,7 +88,7 @@ def test_tche_and_per_sample_preferences_and_ptx_run(world, tmp_path):
 
 
 def test_nan_scores_skip_then_abort_without_checkpoint(world, tmp_path, monkeypatch):
-    import rlhf.trainer as trainer_mod
+    import rlhf.training.ppo as trainer_mod
 
     cfg = load(make_config(world, tmp_path / "nan", max_bad_batches=2, save_every=1))
     tr = trainer_mod.PPOTrainer(cfg)
@@ -122,7 +100,7 @@ def test_nan_scores_skip_then_abort_without_checkpoint(world, tmp_path, monkeypa
 
 
 def test_resume_refuses_a_different_config(world, tmp_path):
-    from rlhf.trainer import PPOTrainer
+    from rlhf.training.ppo import PPOTrainer
 
     PPOTrainer(load(make_config(world, tmp_path / "a", total_steps=1))).train()
     other = load(make_config(world, tmp_path / "a", total_steps=2, aggregation="tche", resume_from="latest"))
@@ -138,19 +116,19 @@ def test_config_errors(world, tmp_path):
     path = make_config(world, tmp_path / "bad")
     with pytest.raises(ConfigError, match=r"adapter.pref_dim.*is 3 but 2 objectives"):
         load(path, "--adapter.pref_dim", "3")
-    with pytest.raises(ConfigError, match="'aggregation.name': must be one of"):
+    with pytest.raises(ConfigError, match="'aggregation.name': unknown aggregation 'max'; must be one of"):
         load(path, "--aggregation", "max")
-    with pytest.raises(ConfigError, match="preference.fixed.*sum to 1"):
-        load(path, "--preference.mode", "fixed", "--preference.fixed", "[0.5, 0.6]")
-    with pytest.raises(ConfigError, match="preference.fixed.*has 3 entries"):
-        load(path, "--preference.mode", "fixed", "--preference.fixed", "[0.2, 0.2, 0.6]")
+    with pytest.raises(ConfigError, match="preference.value.*sum to 1"):
+        load(path, "--preference.name", "fixed", "--preference.value", "[0.5, 0.6]")
+    with pytest.raises(ConfigError, match="preference.value.*has 3 entries"):
+        load(path, "--preference.name", "fixed", "--preference.value", "[0.2, 0.2, 0.6]")
     with pytest.raises(ConfigError, match="micro_batch_size.*must divide"):
         load(path, "--micro_batch_size", "3")
 
 
 def test_data_and_model_errors(world, tmp_path):
-    from rlhf.data import DataError
-    from rlhf.trainer import PPOTrainer
+    from rlhf.data.datasets import DataError
+    from rlhf.training.ppo import PPOTrainer
 
     with pytest.raises(DataError, match=r"lacks column\(s\) \['question'\].*prompts.prompt_column"):
         PPOTrainer(load(make_config(world, tmp_path / "x", prompts={"prompt_column": "question"})))
@@ -200,7 +178,7 @@ def test_deepspeed_launcher(world, tmp_path, stage, procs):
 @pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["gae", "group"])
 def test_sigkill_then_resume_logs_the_same_metrics(world, tmp_path, estimator):
-    group = {"advantage": {"estimator": "group", "group_size": 2}} if estimator == "group" else {}
+    group = {"advantage": {"name": "group", "group_size": 2}} if estimator == "group" else {}
 
     front = {"every": 2, "prompts": str(world / "prompts.jsonl"), "grid": 0.5, "n_prompts": 2, "max_new_tokens": 4,
              "max_prompt_length": 64}  # the in-training front: its schedule and reference point survive the kill

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from rlhf.advantages import gae, kl_rewards, reward_to_go, token_rewards
-from rlhf.aggregation import AggregationConfig, IdealPoint, get_aggregator
-from rlhf.losses import clipped_surrogate, policy_loss, value_loss
-from rlhf.preference import PreferenceConfig, sample_preference
-from rlhf.config import ConfigError
+from rlhf.algo.advantages import gae, kl_rewards, reward_to_go, token_rewards
+from rlhf.algo.aggregation import AGGREGATIONS
+from rlhf.algo.losses import clipped_surrogate, policy_loss, value_loss
+from rlhf.algo.preference import PREFERENCES
+from rlhf.core.config import ConfigError
 
 
 def naive_gae(rewards, values, mask, gamma, lam):
@@ -61,7 +61,7 @@ def test_kl_counted_once_for_every_aggregator():
     zero_adv = torch.zeros(B, T, D)
     lam = torch.tensor([0.2, 0.3, 0.5])
     for name in ("ls", "tche", "stche"):
-        w = IdealPoint(AggregationConfig(name=name)).weights(lam, torch.tensor([0.3, -0.2, 0.1]))
+        w = AGGREGATIONS.make(name).build().weights(lam, torch.tensor([0.3, -0.2, 0.1]))
         assert w.sum().item() == pytest.approx(1.0)
         loss, _ = policy_loss(logp, logp.detach(), zero_adv, kl_adv, mask, w, clip=0.2)
         torch.testing.assert_close(loss, -kl_adv.mean())
@@ -70,15 +70,15 @@ def test_kl_counted_once_for_every_aggregator():
 def test_ls_and_tche_hand_worked():
     losses = torch.tensor([1.0, 4.0])
     lam = torch.tensor([0.75, 0.25])
-    assert get_aggregator("ls")(losses, lam).item() == pytest.approx(0.75 + 1.0)
-    assert get_aggregator("tche")(losses, lam).item() == pytest.approx(1.0)            # max(0.75, 1.0)
-    s = get_aggregator("stche")(losses, lam, mu=0.01).item()
+    assert AGGREGATIONS.make("ls").build().loss(losses, lam).item() == pytest.approx(0.75 + 1.0)
+    assert AGGREGATIONS.make("tche").build().loss(losses, lam).item() == pytest.approx(1.0)            # max(0.75, 1.0)
+    s = AGGREGATIONS.make("stche", mu=0.01).build().loss(losses, lam).item()
     assert 1.0 <= s <= 1.0 + 0.01 * 0.7
     # per-sample lambda: one value per row
-    rows = get_aggregator("tche")(torch.tensor([[1.0, 4.0], [2.0, 0.0]]), torch.tensor([[0.5, 0.5], [1.0, 0.0]]))
+    rows = AGGREGATIONS.make("tche").build().loss(torch.tensor([[1.0, 4.0], [2.0, 0.0]]), torch.tensor([[0.5, 0.5], [1.0, 0.0]]))
     assert rows.tolist() == [2.0, 2.0]
     with pytest.raises(ValueError, match="unknown aggregation 'max'"):
-        get_aggregator("max")
+        AGGREGATIONS.make("max")
 
 
 def test_ls_policy_loss_uses_weighted_advantages():
@@ -86,7 +86,7 @@ def test_ls_policy_loss_uses_weighted_advantages():
     adv = torch.tensor([[[1.0, -2.0], [1.0, -2.0]]])                                   # (1, 2, 2)
     logp = torch.zeros(1, 2, requires_grad=True)
     lam = torch.tensor([0.5, 0.5])
-    w = IdealPoint(AggregationConfig(name="ls")).weights(lam, torch.zeros(2))
+    w = AGGREGATIONS.make("ls").build().weights(lam, torch.zeros(2))
     torch.testing.assert_close(w, lam)
     loss, _ = policy_loss(logp, torch.zeros(1, 2), adv, torch.zeros(1, 2), mask, w, 0.2)
     assert loss.item() == pytest.approx(0.5)                                             # -(0.5*1 + 0.5*-2)
@@ -99,7 +99,7 @@ def test_tche_gradient_goes_to_the_dimension_that_lags_most_relative_to_its_weig
     max_i lambda_i (0 - J_i) picks the dimension with the smallest weight whenever the surrogates are positive.)"""
     mask = torch.ones(1, 3)
     adv = torch.tensor([[[1.0, -2.0], [0.5, 3.0], [2.0, 1.0]]])                        # (1, 3, 2)
-    ideal = IdealPoint(AggregationConfig(name="tche", ideal=(1.0, 1.0)))
+    ideal = AGGREGATIONS.make("tche", ideal=(1.0, 1.0)).build()
     J = torch.tensor([0.8, 0.1])
     for lam, lagging in ((torch.tensor([0.5, 0.5]), 1), (torch.tensor([0.9, 0.1]), 0)):
         w = ideal.weights(lam, J)
@@ -110,21 +110,21 @@ def test_tche_gradient_goes_to_the_dimension_that_lags_most_relative_to_its_weig
         # d(-mean_t r_t A_t)/d logp_t = -A_t / T at ratio 1: exactly the lagging dimension's advantages
         torch.testing.assert_close(logp.grad, -adv[..., lagging] / 3)
     # smooth Tchebycheff: the weights lean the same way, and tend to the hard choice as mu -> 0
-    w = IdealPoint(AggregationConfig(name="stche", ideal=(1.0, 1.0), mu=0.1)).weights(torch.tensor([0.5, 0.5]), J)
+    w = AGGREGATIONS.make("stche", ideal=(1.0, 1.0), mu=0.1).build().weights(torch.tensor([0.5, 0.5]), J)
     assert w[1] > 0.9 and w.sum().item() == pytest.approx(1.0)
 
 
 def test_running_ideal_point_dominates_every_J_seen_and_resumes():
-    ideal = IdealPoint(AggregationConfig(name="tche", ideal_margin=0.1))
+    ideal = AGGREGATIONS.make("tche", ideal_margin=0.1).build()
     lam = torch.tensor([0.5, 0.5])
     ideal.weights(lam, torch.tensor([0.2, -0.3]))
     ideal.weights(lam, torch.tensor([-0.1, 0.4]))
-    torch.testing.assert_close(ideal.value, torch.tensor([0.3, 0.5]))
+    torch.testing.assert_close(ideal.ideal.value, torch.tensor([0.3, 0.5]))
     # the vertex trains its own objective whatever the values
     assert ideal.weights(torch.tensor([0.0, 1.0]), torch.tensor([-5.0, 0.4])).tolist() == [0.0, 1.0]
-    again = IdealPoint(AggregationConfig(name="tche", ideal_margin=0.1))
+    again = AGGREGATIONS.make("tche", ideal_margin=0.1).build()
     again.load_state_dict(ideal.state_dict())
-    torch.testing.assert_close(again.value, ideal.value)
+    torch.testing.assert_close(again.ideal.value, ideal.ideal.value)
     # per-sample preferences: one weight vector per row
     rows = ideal.weights(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0.0, 0.0]))
     assert rows.tolist() == [[1.0, 0.0], [0.0, 1.0]]
@@ -145,29 +145,29 @@ def test_clipped_surrogate_and_value_loss_hand_worked():
 
 
 def test_preference_sampling():
-    cfg = PreferenceConfig(vertex_prob=0.5)
-    a = sample_preference(cfg, 3, seed=1, step=5, rank=0)
-    b = sample_preference(cfg, 3, seed=1, step=5, rank=1)
+    cfg = PREFERENCES.make("dirichlet", vertex_prob=0.5)
+    a = cfg.build(3, seed=1).for_step(5, rank=0)
+    b = cfg.build(3, seed=1).for_step(5, rank=1)
     assert torch.equal(a, b) and a.shape == (3,) and abs(a.sum().item() - 1) < 1e-6   # same lambda on every rank
-    draws = torch.stack([sample_preference(cfg, 2, 0, s) for s in range(400)])
+    draws = torch.stack([cfg.build(2, 0).for_step(s) for s in range(400)])
     vertex_share = ((draws == 1.0).any(-1)).float().mean().item()
     assert 0.4 < vertex_share < 0.6 and (draws >= 0).all()
-    per = sample_preference(PreferenceConfig(per="sample"), 2, 0, 0, batch_size=5)
+    per = PREFERENCES.make("dirichlet", per="sample").build(2, 0).for_step(0, rows=5)
     assert per.shape == (5, 2) and torch.allclose(per.sum(-1), torch.ones(5))
-    fixed = sample_preference(PreferenceConfig(mode="fixed", fixed=(0.3, 0.7)), 2, 0, 0)
+    fixed = PREFERENCES.make("fixed", value=(0.3, 0.7)).build(2, 0).for_step(0)
     torch.testing.assert_close(fixed, torch.tensor([0.3, 0.7]))
     with pytest.raises(ConfigError, match="sum to 1"):
-        PreferenceConfig(mode="fixed", fixed=(0.3, 0.3))
+        PREFERENCES.make("fixed", value=(0.3, 0.3))
     with pytest.raises(ConfigError, match=">= 0"):
-        PreferenceConfig(mode="fixed", fixed=(1.5, -0.5))
+        PREFERENCES.make("fixed", value=(1.5, -0.5))
 
 
 def test_trimmed_micro_batch_drops_pad_columns_and_keeps_every_real_token():
     """The update trims all-pad columns per micro-batch; log-probs, values and the loss on real tokens must not move."""
-    from rlhf.batch import Experience, Rollout
-    from rlhf.critic import ValueModel
-    from rlhf.rollout import position_ids_from_mask, response_logprobs
     from hhbench.tiny import tiny_causal_lm
+    from rlhf.core.batch import Experience, Rollout
+    from rlhf.rollout.rollout import position_ids_from_mask, response_logprobs
+    from rlhf.training.critic import ValueModel
 
     torch.manual_seed(0)
     B, P, T, D = 3, 5, 6, 2

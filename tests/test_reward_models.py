@@ -6,15 +6,14 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig, LlamaModel
 
-from reward_models.data import PreferenceDataConfig, build_pairs, load_pairs
-from reward_models.losses import score_model_loss
-from reward_models.score import score_pairs
-from reward_models.score_model import ScoreModelError, load_score_model, score_texts
-from reward_models.train import ScoreTrainConfig, train
-from rlhf.config import ConfigError, load_config
-from rlhf.data import DataError, encode, ensure_pad_token, format_conversation, load_rows
-from tests.helpers import write_pku_pairs, write_tiny_base
-
+from hhbench.fixtures import write_pku_pairs, write_tiny_base
+from rlhf.algo.score_losses import score_model_loss
+from rlhf.core.config import ConfigError, load_config
+from rlhf.data.chat import encode, ensure_pad_token, format_conversation
+from rlhf.data.datasets import DataError, load_rows
+from rlhf.data.pairs import PreferenceDataConfig, build_pairs, load_pairs
+from rlhf.scoring.score_model import ScoreModelError, load_score_model, score_pairs, score_texts
+from rlhf.training.reward import ScoreTrainConfig, train
 from tests.helpers import clean_env
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,11 +3,12 @@ import json
 import socket
 import threading
 import time
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rlhf.svd_lora import SVDLoRAConfig, apply_svd_lora, save_adapter, scoped_preference, svd_lora_layers
+from rlhf.adapter.svd_lora import SVDLoRAConfig, apply_svd_lora, save_adapter, scoped_preference, svd_lora_layers
 from tests.test_pareto import make_run
 
 
@@ -15,8 +16,8 @@ def _adapted(arch, tmp_path, tokenizer):
     """A tiny base of each architecture (Llama: nn.Linear; GPT-2: Conv1D) with a random, non-zero adapter, saved as
     a run directory."""
     from hhbench.tiny import tiny_causal_lm
-    from rlhf.runs import write_run_info
-    from rlhf.scoring import ObjectiveConfig
+    from rlhf.adapter.policy import write_run_info
+    from rlhf.scoring.objectives import ModelObjective
 
     base = tiny_causal_lm(arch, vocab_size=300)
     base.save_pretrained(tmp_path / f"{arch}_base")
@@ -33,7 +34,7 @@ def _adapted(arch, tmp_path, tokenizer):
     save_adapter(model, run / "policy")
     tokenizer.save_pretrained(run / "policy")
     write_run_info(run / "policy", trainer="ppo", base_model=str(tmp_path / f"{arch}_base"),
-                   objectives=[ObjectiveConfig(name="a", model="m"), ObjectiveConfig(name="b", model="m")],
+                   objectives=[ModelObjective(name="a", model="m"), ModelObjective(name="b", model="m")],
                    preference=None, eval_scorers={}, step=1)
     return model.eval(), run
 
@@ -42,7 +43,7 @@ def _adapted(arch, tmp_path, tokenizer):
 def test_peft_and_merged_exports_equal_the_panacea_model(arch, tmp_path, tokenizer, input_ids):
     from peft import PeftModel
 
-    from rlhf.export import export
+    from rlhf.serving.export import export
 
     model, run = _adapted(arch, tmp_path, tokenizer)
     ids, mask = input_ids
@@ -82,7 +83,7 @@ def server(tmp_path_factory, request):
     """A live server (uvicorn in a thread) on a tiny run with a random adapter, and its front for the page."""
     import uvicorn
 
-    from rlhf.serve import ServeConfig, build_app
+    from rlhf.serving.server import ServeConfig, build_app
 
     world = request.getfixturevalue("world")
     root = tmp_path_factory.mktemp("serve")

@@ -3,9 +3,9 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
-from rlhf.config import ConfigError, load_config
-from rlhf.data import DataError
-from rlhf.train_sft import SFTConfig, train
+from rlhf.core.config import ConfigError, load_config
+from rlhf.data.datasets import DataError
+from rlhf.training.sft import SFTConfig, train
 
 
 def _data(tmp_path, n=64):
@@ -56,11 +56,11 @@ def record_forward_and_loss_preferences(monkeypatch):
     """(lambda in each training forward of an adapted layer, lambda each aggregated loss was weighted with)."""
     import torch
 
-    from rlhf.aggregation import Aggregator
-    from rlhf.svd_lora import SVDLoRALayer
+    from rlhf.adapter.svd_lora import SVDLoRALayer
+    from rlhf.algo.aggregation import Aggregation
 
     forwards, losses = [], []
-    layer_forward, aggregate = SVDLoRALayer.forward, Aggregator.__call__
+    layer_forward, aggregate = SVDLoRALayer.forward, Aggregation.loss
 
     def forward(self, x):
         if torch.is_grad_enabled():  # training forwards (evaluation runs under no_grad)
@@ -73,7 +73,7 @@ def record_forward_and_loss_preferences(monkeypatch):
         return aggregate(self, values, lam, *a, **kw)
 
     monkeypatch.setattr(SVDLoRALayer, "forward", forward)
-    monkeypatch.setattr(Aggregator, "__call__", call)
+    monkeypatch.setattr(Aggregation, "loss", call)
     return forwards, losses
 
 

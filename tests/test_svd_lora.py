@@ -4,11 +4,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rlhf.svd_lora import (AdapterMismatchError, AdapterState, PreferenceError, SVDLoRAConfig, SVDLoRALayer, adapter_disabled,
-                           adapter_rows, apply_svd_lora, count_parameters, find_target_modules, get_preference,
-                           load_adapter, merge_and_unload, merge_preference, save_adapter, set_preference,
-                           svd_lora_layers, unmerge_preference)
 from hhbench.tiny import tiny_causal_lm
+from rlhf.adapter.svd_lora import (AdapterMismatchError, AdapterState, PreferenceError, SVDLoRAConfig, SVDLoRALayer,
+                                   adapter_disabled, adapter_rows, apply_svd_lora, count_parameters,
+                                   find_target_modules, get_preference, load_adapter, merge_and_unload,
+                                   merge_preference, save_adapter, set_preference, svd_lora_layers, unmerge_preference)
 
 
 def _randomise(model, seed=1):
@@ -139,7 +139,7 @@ def test_disable_gives_base_model(tiny_lm, input_ids):
 
 @pytest.mark.parametrize("prefs", [[0.7, 0.3], [[0.9, 0.1], [0.2, 0.8]]], ids=["shared", "per_sample"])
 def test_one_pass_old_and_reference_logprobs_equal_two_passes(tiny_lm, input_ids, prefs):
-    from rlhf.rollout import policy_and_reference_logprobs, position_ids_from_mask, response_logprobs
+    from rlhf.rollout.rollout import policy_and_reference_logprobs, position_ids_from_mask, response_logprobs
 
     ids, mask = input_ids
     apply_svd_lora(tiny_lm, SVDLoRAConfig(rank=4, pref_dim=2))
@@ -241,8 +241,8 @@ def test_target_modules_subset():
 
 
 def test_merged_context_is_exact_and_restores_bf16_weights_bit_for_bit(input_ids, tokenizer):
-    from rlhf.rollout import generate_rollout
-    from rlhf.svd_lora import merged
+    from rlhf.adapter.svd_lora import merged
+    from rlhf.rollout.rollout import generate_rollout
 
     ids, mask = input_ids
     model = apply_svd_lora(tiny_causal_lm("llama", vocab_size=300), SVDLoRAConfig(rank=4, pref_dim=2))
