@@ -17,6 +17,7 @@ import argparse
 import sys
 from typing import Optional
 
+from rlhf.core.errors import InputError
 from rlhf.serving.export import FORMATS, export
 
 
@@ -27,11 +28,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--grid", type=float, default=None, help="export every point of a simplex grid with this step")
     ap.add_argument("--format", default="peft", choices=sorted(FORMATS))
     ap.add_argument("--out", required=True)
+    ap.add_argument("--overwrite", action="store_true", help="move an existing --out aside to <out>.replaced-<time>")
     args = ap.parse_args(argv)
     try:
-        pref = [float(x) for x in args.preference.split(",")] if args.preference else None
-        written = export(args.run, args.out, args.format, pref, args.grid)
-    except (ValueError, FileNotFoundError) as err:
+        written = export(args.run, args.out, args.format, args.preference, args.grid, args.overwrite)
+    except (InputError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     for w in written:
         print(w)

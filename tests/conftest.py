@@ -40,3 +40,15 @@ def world(tmp_path_factory):
     from hhbench.fixtures import write_world
 
     return write_world(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Any attempt to load model weights fails the test: the refusal must come before compute."""
+    import transformers
+
+    def refuse(*a, **kw):
+        raise AssertionError("a model was loaded before the bad input was refused")
+
+    for cls in ("AutoModelForCausalLM", "AutoModelForSequenceClassification", "AutoModel"):
+        monkeypatch.setattr(getattr(transformers, cls), "from_pretrained", refuse)

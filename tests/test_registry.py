@@ -59,7 +59,7 @@ def test_to_dict_round_trips_and_resume_sees_a_changed_variant(world, tmp_path):
     assert d["aggregation"] == {"name": "stche", "ideal": None, "ideal_margin": 0.1, "mu": 0.3}
     assert d["preference"] == {"name": "fixed", "value": [0.3, 0.7]}
     assert d["objectives"][0] == {"name": "helpful", "kind": "reward", "normalize": False,
-                                  "model": str(world / "rm"), "batch_size": 16, "max_length": 1024,
+                                  "model": str(world / "rm"), "batch_size": 16, "max_length": None,
                                   "prompt_template": cfg.objectives[0].prompt_template}
     assert from_dict(PPOConfig, d) == cfg
 

@@ -162,6 +162,12 @@ def test_score_model_errors(base_dir, tmp_path):
 
     AutoModelForCausalLM.from_pretrained(base_dir, num_labels=1).save_pretrained(tmp_path / "lm")
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(tmp_path / "lm")
+    with pytest.raises(ScoreModelError, match=r"is a LlamaForCausalLM, not a trained score model: it has no score head"):
+        load_score_model(str(tmp_path / "lm"))  # refused from its config, before any weights are read
+    import json
+
+    config = json.loads((tmp_path / "lm" / "config.json").read_text())  # one whose config lies about its head
+    (tmp_path / "lm" / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaForSequenceClassification"]}))
     with pytest.raises(ScoreModelError, match=r"lacks \['score.weight'\] in its checkpoint"):
         load_score_model(str(tmp_path / "lm"))
     m = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=3)

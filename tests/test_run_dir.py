@@ -67,37 +67,48 @@ def test_a_fresh_reward_model_run_never_destroys_a_finished_one(world, tmp_path)
     assert (aside / "model.safetensors").read_bytes() == model and (out / "dimension.json").is_file()
 
 
-def test_a_running_worker_holds_its_run_after_its_launcher_is_killed(world, tmp_path):
-    out = tmp_path / "live"
-    cfg = make_config(world, out, total_steps=10_000, save_every=1)
-    proc = launch("rlhf/train_ppo.py", cfg, 29831, wait=False)
+def _wait_gone(pid, seconds):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killing_the_launcher_stops_its_worker_with_a_whole_checkpoint(world, tmp_path, sig):
+    """A plain kill (or kill -9) of the `deepspeed` command, as a user stops a run: DeepSpeed forwards neither, so the
+    worker notices its launcher is gone, checkpoints the step it finished, releases the run and exits; the resume
+    continues from that step and says how the previous process ended."""
+    from rlhf.runtime.checkpoint import verify
+
+    out = tmp_path / f"live_{sig.name}"
+    cfg = make_config(world, out, total_steps=10_000, save_every=5_000)  # no checkpoint but the one at the stop
+    proc = launch("rlhf/train_ppo.py", cfg, 29831 if sig == signal.SIGTERM else 29834, wait=False)
     worker = None
     try:
         deadline = time.time() + 300
-        while not (out / "checkpoints" / "latest").is_file():
+        while not (out / "metrics.jsonl").is_file() or len(metrics(out)) < 3:
             assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:] if proc.stderr else ""
             time.sleep(0.2)
         worker = json.loads((out / ".lock").read_text())["pid"]
         assert worker != proc.pid  # the lock names the worker, not the launcher
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(sig)
         proc.wait()
-        time.sleep(1.0)
-        os.kill(worker, 0)  # the worker trains on without its launcher
-        second = launch("rlhf/train_ppo.py", cfg, 29832, "--resume_from", "latest")
-        assert second.returncode != 0
-        assert f"in use by pid {worker}" in second.stderr and f"kill {worker}" in second.stderr, second.stderr[-2000:]
-        os.kill(worker, signal.SIGKILL)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                os.kill(worker, 0)
-                time.sleep(0.1)
-            except ProcessLookupError:
-                break
-        step = int((out / "checkpoints" / "latest").read_text().split("_")[1])
-        resumed = launch("rlhf/train_ppo.py", cfg, 29833, "--resume_from", "latest", "--total_steps", str(step + 1))
+        assert _wait_gone(worker, 90), "the worker kept training after its launcher was killed"
+        latest = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
+        assert verify(latest) is None
+        step = int(latest.name.split("_")[1])
+        assert metrics(out)[-1]["step"] == step  # it stopped where it checkpointed: nothing trained is lost
+        lock = json.loads((out / ".lock").read_text())
+        assert lock["step"] == step and "launcher" in lock["stopped"]
+        resumed = launch("rlhf/train_ppo.py", cfg, 29833 if sig == signal.SIGTERM else 29835, "--resume_from",
+                         "latest", "--total_steps", str(step + 1))
         assert resumed.returncode == 0, resumed.stderr[-3000:]
-        assert "ended without finishing; resuming" in resumed.stdout
+        assert f"stopped at step {step}" in resumed.stdout and "ended without finishing" not in resumed.stdout
         assert metrics(out)[-1]["step"] == step + 1
     finally:
         for pid in (worker,):
@@ -110,3 +121,26 @@ def test_a_running_worker_holds_its_run_after_its_launcher_is_killed(world, tmp_
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def launch2(script, cfg, port, *extra):
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), script, "--config", str(cfg), *extra]
+    return subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300)
+
+
+def test_a_refusal_on_rank_0_reaches_every_rank(world, tmp_path):
+    """A checkpoint whose trainer_state.json is torn (one written before manifests): rank 0 finds it while preparing
+    the run; every rank must leave with that message instead of waiting forever in the broadcast."""
+    out = tmp_path / "two"
+    cfg = make_config(world, out, total_steps=1, save_every=1, rollout_batch_size=2, mini_batch_size=2,
+                      micro_batch_size=1)
+    done = launch2("rlhf/train_ppo.py", cfg, 29841)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = out / "checkpoints" / "step_00000001"
+    (ckpt / "manifest.json").unlink()
+    state = ckpt / "trainer_state.json"
+    state.write_text(state.read_text()[:40])
+    again = launch2("rlhf/train_ppo.py", cfg, 29842, "--resume_from", "latest", "--total_steps", "2")
+    assert again.returncode != 0
+    assert again.stderr.count("trainer_state.json is not valid JSON (truncated?)") >= 2, again.stderr[-3000:]
+

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from rlhf.adapter.svd_lora import AdapterFileError, read_adapter_config
 from rlhf.core.config import to_dict
 
 RUN_INFO = "run.json"
@@ -47,9 +48,39 @@ def read_run(run: str | Path) -> RunInfo:
     if missing:
         raise FileNotFoundError(f"{run} is not a finished run: {policy} lacks {missing}. Pass the output_dir of a "
                                 f"train_ppo/train_dpo/train_sft run that has completed")
-    info = json.loads((policy / RUN_INFO).read_text())
+    read_adapter_config(policy)  # both adapter files whole: refused here, before any model loads
+    try:
+        info = json.loads((policy / RUN_INFO).read_text())
+    except ValueError as err:
+        raise AdapterFileError(f"{policy / RUN_INFO} is not valid JSON ({err}); restore it from a checkpoint's "
+                               f"policy/") from None
     fixed = _fixed_preference(info.get("preference"))
     return RunInfo(policy, info["trainer"], info["base_model"], info["objectives"], fixed, info.get("eval_scorers", {}))
+
+
+def protected(path: str | Path) -> Optional[str]:
+    """Why nothing may be written into ``path``, or None: it is (inside) a checkpoint, which the trainer prunes, or a
+    run's ``policy/``, which consumers load as a whole."""
+    p = Path(path).resolve()
+    for d in (p, *p.parents):
+        if d.parent.name == "checkpoints" and (d.name.startswith("step_") or d.name.startswith(".tmp-step_")):
+            return f"{d} is a checkpoint (the trainer deletes old checkpoints, and what is written there with them)"
+        if (d / "trainer_state.json").is_file() or (d / "manifest.json").is_file():
+            return f"{d} is a checkpoint"
+        if (d / RUN_INFO).is_file() and (d / "adapter_model.safetensors").is_file():
+            return f"{d} is a saved policy (evaluate, export and serve load it as a whole)"
+    return None
+
+
+def outputs_beside(run: str | Path, name: str) -> Path:
+    """Where a command's default output for ``run`` goes, never inside what it read: RUN/<name> for a run,
+    RUN/<name>/step_N for a checkpoint RUN/checkpoints/step_N (or its policy/)."""
+    p = Path(run)
+    if p.name == "policy":
+        p = p.parent
+    if p.parent.name == "checkpoints":
+        return p.parent.parent / name / p.name
+    return p / name
 
 
 def _fixed_preference(saved: Any) -> Optional[list[float]]:

@@ -79,6 +79,11 @@ class SVDLoRAConfig:
 # Preference validation
 # ----------------------------------------------------------------------------------------------------------
 
+def _shown(t: torch.Tensor) -> Any:
+    """A tensor as the numbers a user wrote (six significant digits), not float32 noise like 0.30000001192092896."""
+    return [_shown(row) for row in t] if t.dim() > 1 else [float(f"{x:.6g}") for x in t.reshape(-1).tolist()]
+
+
 def validate_preference(pref: Any, pref_dim: int) -> torch.Tensor:
     """Return ``pref`` as a float32 tensor ``(D,)`` or ``(B, D)`` after checking it lies on the simplex."""
     if pref is None:
@@ -89,15 +94,15 @@ def validate_preference(pref: Any, pref_dim: int) -> torch.Tensor:
     if t.shape[-1] != pref_dim:
         raise PreferenceError(
             f"preference has {t.shape[-1]} entries but the adapter has pref_dim={pref_dim} "
-            f"(one weight per objective); got {t.tolist()}")
+            f"(one weight per objective); got {_shown(t)}")
     if not torch.isfinite(t).all():
-        raise PreferenceError(f"preference contains NaN or inf: {t.tolist()}")
+        raise PreferenceError(f"preference contains NaN or inf: {_shown(t)}")
     if (t < 0).any():
-        raise PreferenceError(f"preference entries must be >= 0 (a point on the simplex); got {t.tolist()}")
+        raise PreferenceError(f"preference entries must be >= 0 (a point on the simplex); got {_shown(t)}")
     sums = t.sum(-1)
     if ((sums - 1.0).abs() > PREF_SUM_TOL).any():
         raise PreferenceError(
-            f"preference entries must sum to 1 (tolerance {PREF_SUM_TOL}); got sums {sums.tolist()} for {t.tolist()}")
+            f"preference entries must sum to 1 (tolerance {PREF_SUM_TOL}); got sums {_shown(sums)} for {_shown(t)}")
     return t
 
 
@@ -493,14 +498,47 @@ def save_adapter(model: nn.Module, path: str | Path, state_dict: Optional[dict[s
     return path
 
 
+class AdapterFileError(InputError, ValueError):
+    """An adapter's files are truncated, zeroed or not what they claim to be (the message names the file)."""
+
+
+def safetensors_problem(path: Path) -> Optional[str]:
+    """Why a ``.safetensors`` file cannot be whole, read from its header alone (no tensor is loaded), or None: the
+    8-byte header length, the JSON header, and the file size the header's data offsets imply."""
+    size = path.stat().st_size
+    if size < 8:
+        return f"it has {size} bytes (truncated)"
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n == 0 or 8 + n > size:
+            return f"its header claims {n} bytes but the file has {size} (truncated or zeroed)"
+        try:
+            header = json.loads(f.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError):
+            return "its header is not valid safetensors JSON (corrupted or zeroed)"
+    if 8 + n + end != size:
+        return f"it has {size} bytes but its header describes {8 + n + end} (truncated or corrupted)"
+    return None
+
+
 def read_adapter_config(path: str | Path) -> tuple[SVDLoRAConfig, dict[str, Any]]:
+    """An adapter directory's config, after checking that both its files are whole (before any model loads)."""
     path = Path(path)
     cfg_file = path / ADAPTER_CONFIG
     if not cfg_file.is_file() or not (path / ADAPTER_WEIGHTS).is_file():
         raise FileNotFoundError(
             f"{str(path)!r} is not an adapter directory: expected {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS} inside")
-    meta = json.loads(cfg_file.read_text())
-    return from_dict(SVDLoRAConfig, meta["adapter"]), meta
+    problem = safetensors_problem(path / ADAPTER_WEIGHTS)
+    if problem:
+        raise AdapterFileError(f"{path / ADAPTER_WEIGHTS}: {problem}. Restore it (a checkpoint's policy/ holds a copy: "
+                               f"RUN/checkpoints/step_N/policy) or re-run training")
+    try:
+        meta = json.loads(cfg_file.read_text())
+        return from_dict(SVDLoRAConfig, meta["adapter"]), meta
+    except (ValueError, KeyError, TypeError) as err:
+        raise AdapterFileError(f"{cfg_file}: not a valid adapter config ({type(err).__name__}: {err}); restore it "
+                               f"from a checkpoint's policy/") from None
 
 
 def load_adapter(model: nn.Module, path: str | Path, expected_pref_dim: Optional[int] = None) -> nn.Module:

@@ -56,20 +56,22 @@ class IdealPoint:
     """PPO's Tchebycheff reference: the ideal point z (D,) in score space.
 
     ``z`` is the user's (``ideal``) or the running max of every batch-mean score vector J seen plus ``margin``, so z
-    dominates every J and ``z - J > 0``. Callers pass J already averaged over ranks (or every rank's J), so every
-    rank holds the same z; part of the trainer state (resume continues it).
+    dominates every J and ``z - J > 0``. The update takes ``seen``, the max of J over every rank's rows (the caller
+    reduces it), so every rank holds the same z, and the one checkpoint (rank 0's) resumes every rank exactly.
     """
 
     def __init__(self, ideal: Optional[tuple[float, ...]], margin: float) -> None:
         self.margin, self.fixed = margin, ideal is not None
         self.value: Optional[torch.Tensor] = torch.tensor(ideal, dtype=torch.float32) if self.fixed else None
 
-    def gap(self, J: torch.Tensor) -> torch.Tensor:
-        """``z - J`` (shaped like J), after moving the running z up to cover this J."""
+    def gap(self, J: torch.Tensor, seen: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``z - J`` (shaped like J), after moving the running z up to cover ``seen`` (D,): the max of J over every
+        rank (default: over this J's rows)."""
         J = J.float()
         if not self.fixed:
-            seen = J.reshape(-1, J.shape[-1]).max(0).values.cpu() + self.margin                    # (D,)
-            self.value = seen if self.value is None else torch.maximum(self.value, seen)
+            seen = J.reshape(-1, J.shape[-1]).max(0).values if seen is None else seen.float()
+            top = seen.cpu() + self.margin                                                          # (D,)
+            self.value = top if self.value is None else torch.maximum(self.value, top)
         return self.value.to(J.device) - J                                                          # (..., D)
 
     def state_dict(self) -> Optional[list[float]]:
@@ -101,10 +103,12 @@ class Aggregation:
     def loss(self, losses: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         return self._combine(losses, lam.to(losses.dtype), self.mu)
 
-    def weights(self, lam: torch.Tensor, J: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def weights(self, lam: torch.Tensor, J: Optional[torch.Tensor] = None,
+                seen: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``seen`` (D,): the max of J over every rank's rows, so that every rank moves the ideal point alike."""
         if self.ideal is None:
             return self._weigh(lam, lam, self.mu)
-        return self._weigh(lam.float(), self.ideal.gap(J.to(lam.device)), self.mu)
+        return self._weigh(lam.float(), self.ideal.gap(J.to(lam.device), seen), self.mu)
 
     def state_dict(self) -> Optional[list[float]]:
         return None if self.ideal is None else self.ideal.state_dict()

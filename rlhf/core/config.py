@@ -61,7 +61,14 @@ def _is_sequence_type(tp: Any) -> bool:
 def _convert(value: Any, tp: Any, name: str) -> Any:
     """Check ``value`` against annotation ``tp`` and return it converted (lists -> tuples, dicts -> dataclasses)."""
     if isinstance(value, Repeated):
-        value = list(value) if _is_sequence_type(tp) else value[-1]
+        if _is_sequence_type(tp):
+            value = list(value)
+        else:  # --max_steps 40 ... --max_steps 2: the last one wins, as in argparse, and the run says so
+            import warnings
+
+            warnings.warn(f"--{name} given {len(value)} times ({', '.join(map(repr, value))}): using the last, "
+                          f"{value[-1]!r}")
+            value = value[-1]
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -126,6 +133,9 @@ def _convert(value: Any, tp: Any, name: str) -> Any:
             raise ConfigError(f"config field '{name}': expected a number, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, bool):  # YAML 1.1 reads yes/no/on/off/true/false as booleans
+            raise ConfigError(f"config field '{name}': expected a string, got the boolean {value!r} (YAML reads "
+                              f"yes/no/on/off/true/false as booleans): quote it, e.g. '{str(value).lower()}'")
         if not isinstance(value, str):
             raise ConfigError(f"config field '{name}': expected a string, got {value!r}")
         return value
@@ -247,6 +257,24 @@ def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, A
     return merged
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"config key {key!r} appears twice in one mapping (lines {seen[key]} and "
+                              f"{key_node.start_mark.line + 1}); keep one")
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Load ``cls`` from a YAML file (optional) and apply ``--key value`` overrides on top."""
     data: dict[str, Any] = {}
@@ -262,12 +290,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
             raise ConfigError(f"config file {str(path)!r} line {line} is not UTF-8 (byte {raw[err.start]:#04x}); "
                               f"save it as UTF-8") from None
         try:
-            loaded = yaml.safe_load(text) or {}
+            loaded = yaml.load(text, Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
             where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
             raise ConfigError(f"config file {str(path)!r}{where}: YAML syntax error: {problem}") from None
+        except ConfigError as err:
+            raise ConfigError(f"config file {str(path)!r}: {err}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a YAML mapping of fields, got {type(loaded).__name__}")
         data = loaded

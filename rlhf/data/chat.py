@@ -11,6 +11,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
+from rlhf.core.config import ConfigError
 from rlhf.data.datasets import DataError
 
 DEFAULT_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
@@ -55,11 +56,23 @@ def render_plain(messages: Sequence[Mapping[str, str]], template: str) -> str:
     return system + template.format(prompt=" ".join(parts))
 
 
+class ChatTemplateError(DataError):
+    """A tokenizer's chat template refused a conversation (e.g. "roles must alternate"); names the tokenizer."""
+
+
+def _apply_template(tokenizer: Any, messages: list[dict[str, str]], **kw: Any) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **kw)
+    except Exception as err:  # jinja2's TemplateError, or the template's own raise_exception
+        raise ChatTemplateError(f"the chat template of tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} refused "
+                                f"the conversation ({type(err).__name__}: {err})") from None
+
+
 def format_prompt(tokenizer: Any, prompt: Prompt, template: str = DEFAULT_TEMPLATE) -> str:
     """The text the policy continues: its chat template (with the generation prompt) if it has one."""
     messages = as_messages(prompt)
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return _apply_template(tokenizer, messages, add_generation_prompt=True)
     return render_plain(messages, template)
 
 
@@ -67,7 +80,7 @@ def format_conversation(tokenizer: Any, prompt: Prompt, response: str, template:
     """Prompt and response as one text, the layout score models are trained and queried on."""
     messages = as_messages(prompt)
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
+        return _apply_template(tokenizer, messages + [{"role": "assistant", "content": response}])
     return render_plain(messages, template) + " " + response
 
 
@@ -76,6 +89,8 @@ def encode_example(tokenizer: Any, prompt: Prompt, response: str, template: str 
     """(prompt ids, response ids) of one training sequence, the response as the policy will be asked to write it:
     after the generation prompt, ended by EOS. With a chat template the response is its assistant turn (the
     template's own end-of-turn tokens, then EOS if the template does not end with it)."""
+    if not isinstance(response, str):  # a number or a mapping would train on its repr without a word said
+        raise DataError(f"a response must be a string, got a {type(response).__name__}: {str(response)[:60]!r}")
     p_text = format_prompt(tokenizer, prompt, template)
     p_ids = tokenizer(p_text, add_special_tokens=True)["input_ids"]
     eos = tokenizer.eos_token_id
@@ -84,7 +99,7 @@ def encode_example(tokenizer: Any, prompt: Prompt, response: str, template: str 
         r_text = full[len(p_text):] if full.startswith(p_text) else " " + response
         r_ids = tokenizer(r_text.rstrip("\n"), add_special_tokens=False)["input_ids"]
         return p_ids, r_ids + ([eos] if not r_ids or r_ids[-1] != eos else [])
-    return p_ids, tokenizer(" " + str(response), add_special_tokens=False)["input_ids"] + [eos]
+    return p_ids, tokenizer(" " + response, add_special_tokens=False)["input_ids"] + [eos]
 
 
 def split_chat(value: Any) -> tuple[Optional[Prompt], Any]:
@@ -141,12 +156,18 @@ def _like(original: Prompt, messages: list[dict[str, str]]) -> Prompt:
     return messages
 
 
-def fit_prompts(tokenizer: Any, prompts: Sequence[Prompt], max_tokens: int, template: str, what: str
-                ) -> list[Prompt]:
-    """``fit_prompt`` on every prompt, with one counted warning for those shortened."""
+def fit_prompts(tokenizer: Any, prompts: Sequence[Prompt], max_tokens: int, template: str, what: str,
+                rows: Optional[Sequence[int]] = None) -> list[Prompt]:
+    """``fit_prompt`` on every prompt, with one counted warning for those shortened. A prompt the tokenizer's chat
+    template refuses (e.g. "roles must alternate") is refused here, naming ``what``, its row (``rows[i]``, the row
+    number in the file) and the tokenizer, before any model loads."""
     out, n = [], 0
-    for p in prompts:
-        fitted, cut = fit_prompt(tokenizer, p, max_tokens, template)
+    for i, p in enumerate(prompts):
+        try:
+            fitted, cut = fit_prompt(tokenizer, p, max_tokens, template)
+        except DataError as err:
+            raise DataError(f"{what} row {rows[i] if rows is not None else i}: {err}; fix that row (or the policy "
+                            f"tokenizer's template)") from None
         out.append(fitted)
         n += cut
     if n:
@@ -154,6 +175,37 @@ def fit_prompts(tokenizer: Any, prompts: Sequence[Prompt], max_tokens: int, temp
                       f"(oldest turns, then the start of the last user turn, dropped); raise max_prompt_length to "
                       f"keep them whole")
     return out
+
+
+def render_each(tokenizer: Any, prompts: Sequence[Prompt], template: str, what: str, who: str,
+                rows: Optional[Sequence[int]] = None) -> None:
+    """Render every prompt (with a placeholder response) the way a score model will read it, refusing the first that
+    its tokenizer's chat template rejects, naming ``what``, the row and ``who`` (the config field of the model)."""
+    for i, p in enumerate(prompts):
+        try:
+            format_conversation(tokenizer, p, "ok", template)
+        except DataError as err:
+            raise DataError(f"{what} row {rows[i] if rows is not None else i}, as {who} reads it: {err}; fix that "
+                            f"row (or that tokenizer's template)") from None
+
+
+def model_positions(model_config: Any) -> Optional[int]:
+    """How many positions a model (its config) can read, or None when it does not say."""
+    config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    for attr in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def preflight_lengths(model_config: Any, field: str, name: str, need: int, what: str) -> None:
+    """Refuse, before any weights load, sequences of ``need`` tokens (``what``: the config fields that add up to it)
+    for a model that reads fewer positions: otherwise the first long batch fails mid-run with an IndexError."""
+    have = model_positions(model_config)
+    if have is not None and need > have:
+        raise ConfigError(f"config field '{what}': {need} tokens, but {field} {name!r} reads at most {have} "
+                          f"positions (max_position_embeddings); lower it to {have} or less")
 
 
 def check_tokenizer_fits(tokenizer: Any, model_config: Any, what: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -33,6 +33,8 @@ def load_rows(path: str, split: str = "train", max_samples: Optional[int] = None
             raise DataError(f"dataset {path!r} is empty")
         if local.suffix != ".parquet":
             _check_utf8(local)
+        if local.suffix in (".json", ".jsonl"):
+            _check_json(local)
         try:
             ds = datasets.load_dataset(LOCAL_FORMATS[local.suffix], data_files=str(local), split="train")
         except Exception as err:
@@ -52,6 +54,30 @@ def load_rows(path: str, split: str = "train", max_samples: Optional[int] = None
     if max_samples is not None:
         ds = ds.select(range(min(max_samples, len(ds))))
     return ds
+
+
+def _check_json(path: Path) -> None:
+    """A JSON or JSON Lines file that does not parse is refused naming its line (datasets' own error names none)."""
+    import json
+
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json" and text.lstrip()[:1] in ("[", "{"):
+        try:
+            json.loads(text)
+            return
+        except ValueError:
+            pass  # not one JSON document: JSON Lines, checked line by line below
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as err:
+            raise DataError(f"data file {str(path)!r} line {i} is not valid JSON ({getattr(err, 'msg', err)}, column "
+                            f"{getattr(err, 'colno', '?')}): {line[:80]!r}; fix or remove that line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"data file {str(path)!r} line {i} is a JSON {type(row).__name__}, not an object of "
+                            f"columns: {line[:80]!r}")
 
 
 def _check_utf8(path: Path) -> None:
@@ -78,18 +104,44 @@ def check_no_nulls(rows: Any, columns: Sequence[str], path: str) -> None:
                 raise DataError(f"dataset {path!r} row {i}: column {column!r} is null; fill it or drop the row")
 
 
-def prompt_column(rows: Any, column: str, path: str) -> list[Any]:
-    """The prompts of a dataset column, empty ones dropped with a counted warning; all empty is an error."""
+def _prompt_problem(value: Any) -> Optional[str]:
+    """Why a prompt cell cannot be a prompt ("empty" for the kinds of empty), or None when it is a string or a chat."""
+    if value is None:
+        return "empty"
+    if isinstance(value, str):
+        return "empty" if not value.strip() else None
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "empty"
+        if not all(isinstance(m, Mapping) and isinstance(m.get("content"), str) and "role" in m for m in value):
+            return (f"a list that is not a chat (a chat is a list of {{role, content}} messages, the content a "
+                    f"string); got {str(value)[:80]!r}")
+        if not any(m["content"].strip() for m in value):
+            return "empty"
+        return None
+    return f"a {type(value).__name__} ({str(value)[:40]!r}); a prompt is a string or a chat"
+
+
+def prompt_column(rows: Any, column: str, path: str) -> tuple[list[Any], list[int]]:
+    """(the prompts of a dataset column, their row numbers in the file). Every kind of empty prompt (null, blank,
+    an empty chat, a chat of blank messages) is dropped with one counted warning (all empty is an error); a value that
+    is neither a string nor a chat is refused naming its row."""
     values = list(rows[column])
-    empty = [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip())]
+    empty = []
+    for i, v in enumerate(values):
+        problem = _prompt_problem(v)
+        if problem == "empty":
+            empty.append(i)
+        elif problem:
+            raise DataError(f"dataset {path!r} row {i}: column {column!r} holds {problem}")
     if len(empty) == len(values):
         raise DataError(f"dataset {path!r}: every one of its {len(values)} prompts in column {column!r} is empty")
     if empty:
         warnings.warn(f"dataset {path!r}: dropped {len(empty)} of {len(values)} empty prompts in column {column!r} "
                       f"(rows {empty[:5]}{'...' if len(empty) > 5 else ''})")
-        drop = set(empty)
-        values = [v for i, v in enumerate(values) if i not in drop]
-    return values
+    drop = set(empty)
+    kept = [i for i in range(len(values)) if i not in drop]
+    return [values[i] for i in kept], kept
 
 
 class PromptStream:

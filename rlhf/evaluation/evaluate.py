@@ -20,11 +20,11 @@ from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
 
-from rlhf.adapter.policy import RunInfo, load_callable, load_run_model, read_run
+from rlhf.adapter.policy import outputs_beside, protected, RunInfo, load_callable, load_run_model, read_run
 from rlhf.adapter.svd_lora import PreferenceError, load_adapter, svd_lora_layers, weights_added
 from rlhf.core.config import check, doc_field, load_config, split_config_arg
 from rlhf.data.datasets import DataError, load_rows, prompt_column, require_columns
-from rlhf.evaluation.front import (FrontEvalFields, FrontGenerator, fit_and_format, load_preferences, plot_record,
+from rlhf.evaluation.front import (check_extra_scorers, FrontEvalFields, FrontGenerator, fit_and_format, load_preferences, plot_record,
                                    score_responses, summarize)
 from rlhf.evaluation.pareto import FrontError, parse_reference
 from rlhf.runtime.engine import placement
@@ -67,7 +67,8 @@ class EvalConfig(FrontEvalFields):
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.out) if self.out else Path(self.run[0]) / "eval"
+        """``out``, or RUN/eval beside the run (RUN/eval/step_N for a checkpoint): never inside what was read."""
+        return Path(self.out) if self.out else outputs_beside(self.run[0], "eval")
 
 
 def load_generator(runs: Sequence[RunInfo], cfg: EvalConfig, device: Any, dtype: Any) -> FrontGenerator:
@@ -145,6 +146,10 @@ METHODS: dict[str, Callable[..., tuple[list[list[float]], list[list[str]]]]] = {
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    bad = protected(cfg.out_dir)
+    if bad:
+        raise FrontError(f"--out {cfg.out_dir}: {bad}; write the evaluation elsewhere (the default, RUN/eval, is "
+                         f"beside the run)")
     runs = [read_run(r) for r in cfg.run]
     names = runs[0].objective_names
     for r in runs[1:]:
@@ -161,12 +166,13 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             raise DataError("pass --prompts DATA (held-out prompts to evaluate on)")
     rows = load_rows(prompts_path, cfg.split, cfg.n_prompts)
     require_columns(rows, [cfg.prompt_column], prompts_path, hint="set --prompt_column")
-    raw = list(prompt_column(rows, cfg.prompt_column, prompts_path))
+    raw, prompt_rows = prompt_column(rows, cfg.prompt_column, prompts_path)
     device, dtype = placement(cfg.device, cfg.dtype)
     objectives = [OBJECTIVES.parse(o, f"{runs[0].path}/run.json objectives[{i}]") for i, o in enumerate(runs[0].objectives)]
-    scorer = Scorer(objectives, dtype=dtype, device=device)
     extra_specs = {**runs[0].eval_scorers, **dict(s.split("=", 1) for s in cfg.scorer)}
     extra = {name: load_callable(spec) for name, spec in extra_specs.items()}
+    check_extra_scorers(extra, raw, D)  # a quick call on two prompts: the wrong width is refused before any load
+    scorer = Scorer(objectives, dtype=dtype, device=device)
     reference = parse_reference(cfg.reference_point, D)
     extra_refs = {k: parse_reference(v, D) for k, v in cfg.extra_reference_points.items()}
 

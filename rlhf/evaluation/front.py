@@ -162,6 +162,20 @@ class _FiniteMeans:
                               f"pairs; those pairs were left out of its means")
 
 
+def _check_width(name: str, values: np.ndarray, n: int, D: int) -> None:
+    if values.shape != (n, D):
+        raise FrontError(f"extra scorer {name!r} returned shape {values.shape} for {n} responses; it must return one "
+                         f"row per response and one column per objective ({n}, {D})")
+
+
+def check_extra_scorers(extra: dict[str, Callable], prompts: Sequence[Any], D: int) -> None:
+    """Call each extra scorer once on (up to) two prompts with placeholder responses, before anything loads: one that
+    returns the wrong shape is refused naming it."""
+    sample = list(prompts[:2])
+    for name, fn in extra.items():
+        _check_width(name, np.asarray(fn(sample, ["a placeholder response"] * len(sample)), float), len(sample), D)
+
+
 def score_responses(scorer: Scorer, extra: dict[str, Callable], raw_prompts: list[str], responses: list[list[str]]
                     ) -> dict[str, np.ndarray]:
     """Per scorer ("score models" and each extra one) the (P, N, D) scores of N prompts' responses under P
@@ -170,7 +184,9 @@ def score_responses(scorer: Scorer, extra: dict[str, Callable], raw_prompts: lis
     for texts in responses:
         out["score models"].append(scorer.raw(raw_prompts, texts).float().numpy())
         for name, fn in extra.items():
-            out[name].append(np.asarray(fn(raw_prompts, texts), float))
+            values = np.asarray(fn(raw_prompts, texts), float)
+            _check_width(name, values, len(texts), len(scorer.objectives))
+            out[name].append(values)
     return {k: np.stack(v) for k, v in out.items()}
 
 

@@ -151,6 +151,19 @@ def plot_fronts(fronts: dict[str, tuple[np.ndarray, np.ndarray]], names: Sequenc
     D = len(names)
     single = len(fronts) == 1
     markers = "osD^v<>*"
+    if D == 1:  # one objective: no trade-off to draw, each method's points on a line of their own
+        fig, ax = plt.subplots(figsize=(6.5, 2.5 + 0.4 * len(fronts)))
+        for k, (method, (prefs, pts)) in enumerate(fronts.items()):
+            ax.scatter(pts[:, 0], np.full(len(pts), k), marker=markers[k % len(markers)], s=60, label=method)
+        if base_point is not None:
+            ax.axvline(base_point[0], color="black", linestyle="--", label="base (SFT)")
+        ax.set_yticks(range(len(fronts)), list(fronts)), ax.set_xlabel(names[0]), ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return
     if D == 2:
         fig, ax = plt.subplots(figsize=(6.5, 5))
         axes_pairs = [(ax, 0, 1)]

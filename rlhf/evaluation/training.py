@@ -31,8 +31,9 @@ class TrainEvalConfig(FrontEvalFields):
     grid: float = doc_field(0.25, "simplex grid step (D=2: 5 points, D=3: 15)")
     n_prompts: int = doc_field(32, "held-out prompts evaluated (the first N)")
     with_base: bool = doc_field(True, "also score the base model once (adapter off) and mark it on the plots")
-    reference_margin: float = doc_field(0.5, "null reference_point: derived at the first evaluation, this fraction of "
-                                             "the front's range below it (kept for the whole run)")
+    reference_margin: float = doc_field(0.5, "null reference_point: derived at the first evaluation, this many standard "
+                                             "deviations of the responses' scores below its lowest point (kept for "
+                                             "the whole run)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -57,7 +58,7 @@ class TrainingFront:
         self.rank, self.world, self.synced = rank, world, synced_gpus
         rows = load_rows(cfg.prompts, cfg.split, cfg.n_prompts)
         require_columns(rows, [cfg.prompt_column], cfg.prompts, hint="set eval.prompt_column")
-        raw, texts = fit_and_format(cfg, tokenizer, list(prompt_column(rows, cfg.prompt_column, cfg.prompts)),
+        raw, texts = fit_and_format(cfg, tokenizer, prompt_column(rows, cfg.prompt_column, cfg.prompts)[0],
                                     f"eval prompts of {cfg.prompts!r}")
         if len(raw) < world:
             from rlhf.data.datasets import DataError
@@ -110,14 +111,21 @@ class TrainingFront:
                          {k: v for k, v in self.reference.items() if k != "score models"}, strict=False)
 
     def _derive_reference(self, per_prompt: dict[str, np.ndarray]) -> dict[str, list[float]]:
-        """Per scorer a point below this first front (and the base) by ``reference_margin`` of its range."""
-        from rlhf.evaluation.pareto import default_reference, parse_reference
+        """Per scorer a point below this first front (and the base) by ``reference_margin`` times the spread (std)
+        of the individual responses' scores per objective. At step 0 the adapter is zero and every point is the base
+        point, so the front's own range is 0: a margin of that range would put the reference right under the base,
+        and the curve would count only points that dominate it. The responses' spread measures how far a point can
+        move, so later fronts get volume for what they gain even where they give up some of another objective."""
+        from rlhf.evaluation.pareto import parse_reference
 
         given = parse_reference(self.cfg.reference_point, len(self.names))
         fronts = front_points(per_prompt, self.prefs)
         bases = front_points(self.base) if self.base is not None else {}
-        refs = {k: default_reference([v] + ([bases[k]] if k in bases else []), margin=self.cfg.reference_margin)
-                for k, v in fronts.items()}
+        refs = {}
+        for k, v in fronts.items():
+            lowest = np.min(np.concatenate([v] + ([bases[k]] if k in bases else [])), axis=0)      # (D,)
+            spread = np.nanstd(per_prompt[k].reshape(-1, v.shape[1]), axis=0)                     # (D,)
+            refs[k] = (lowest - self.cfg.reference_margin * np.maximum(spread, 1e-6)).tolist()
         if given is not None:
             refs["score models"] = given
         return refs

@@ -43,16 +43,24 @@ def plot(run: Path, out: Path, scorer: Optional[str] = None, steps: Optional[Seq
         raise SystemExit(f"error: no scorer {scorer!r} in the evaluations (have {sorted(front0['extra_points'])})")
     fig, (ax, hv) = plt.subplots(1, 2, figsize=(12, 5))
     cmap = plt.get_cmap("viridis")
-    for n, r in enumerate(rows_shown):
-        f = r["eval/front"]
-        pts = np.asarray(f["points"] if scorer is None else f["extra_points"][scorer], float)
-        order = np.lexsort(np.asarray(f["preferences"]).T[::-1])
-        colour = cmap(n / max(len(rows_shown) - 1, 1))
-        ax.plot(pts[order, 0], pts[order, 1], "-o", color=colour, alpha=0.85, label=f"step {r['step']}")
     base = front0["base_point"] if scorer is None else front0["base_extra_points"].get(scorer)
-    if base is not None:
-        ax.scatter([base[0]], [base[1]], marker="X", s=140, c="black", zorder=5, label="base (SFT)")
-    ax.set_xlabel(names[0]), ax.set_ylabel(names[1]), ax.grid(alpha=0.3), ax.legend(fontsize=8)
+    if len(names) == 1:  # one objective: its score over the steps
+        pick = lambda f: np.asarray(f["points"] if scorer is None else f["extra_points"][scorer], float)  # noqa: E731
+        ax.plot([r["step"] for r in rows], [pick(r["eval/front"])[:, 0].mean() for r in rows], "-o", label=names[0])
+        if base is not None:
+            ax.axhline(base[0], color="black", linestyle="--", label="base (SFT)")
+        ax.set_xlabel("step"), ax.set_ylabel(names[0])
+    else:
+        for n, r in enumerate(rows_shown):
+            f = r["eval/front"]
+            pts = np.asarray(f["points"] if scorer is None else f["extra_points"][scorer], float)
+            order = np.lexsort(np.asarray(f["preferences"]).T[::-1])
+            colour = cmap(n / max(len(rows_shown) - 1, 1))
+            ax.plot(pts[order, 0], pts[order, 1], "-o", color=colour, alpha=0.85, label=f"step {r['step']}")
+        if base is not None:
+            ax.scatter([base[0]], [base[1]], marker="X", s=140, c="black", zorder=5, label="base (SFT)")
+        ax.set_xlabel(names[0]), ax.set_ylabel(names[1])
+    ax.grid(alpha=0.3), ax.legend(fontsize=8)
     ax.set_title(f"front over training ({key})")
     hv_key = f"eval/{key}/hypervolume"
     hv.plot([r["step"] for r in rows], [r[hv_key] for r in rows], "-o")

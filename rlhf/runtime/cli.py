@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 
 from rlhf.core.config import ConfigError, describe, load_config, split_config_arg
 from rlhf.core.errors import InputError
+from rlhf.runtime.stop import RunStopped
 
 
 def cli(cls: type, train_fn: Callable[[Any], Any], doc: str, argv: Optional[list[str]] = None, *,
@@ -29,3 +30,6 @@ def cli(cls: type, train_fn: Callable[[Any], Any], doc: str, argv: Optional[list
     except InputError as err:  # refused before (or instead of) compute: the message says what to do
         prefix = "config error" if isinstance(err, ConfigError) else "error"
         sys.exit(f"{prefix}: {err}")
+    except RunStopped as err:  # asked to stop (a signal, or the launcher gone): a checkpoint holds where it was
+        print(f"[run] {err}", file=sys.stderr, flush=True)
+        sys.exit(143)

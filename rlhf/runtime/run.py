@@ -18,6 +18,7 @@ A second process on a running directory is refused with the holder's pid.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -30,7 +31,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, Optional
+from typing import Any, Callable, ClassVar, Iterator, Literal, Optional
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ from rlhf.core.errors import InputError
 from rlhf.core.registry import check_plugins
 from rlhf.runtime import checkpoint, engine
 from rlhf.runtime.paths import check_config_paths
+from rlhf.runtime.stop import RunStopped, StopWatch
 from rlhf.runtime.tracking import Tracker, WandbConfig
 
 LOCK_FILE = ".lock"
@@ -143,13 +145,22 @@ class RunLock:
         pid, host = h.get("pid"), h.get("host")
         who = f"pid {pid} on {host}, started {h.get('started')}: {h.get('command')!r}" if pid else "another process"
         msg = f"run directory {self.path.parent} is in use by {who}. Two processes must not write one run."
-        if pid and host == socket.gethostname() and not _pid_alive(int(pid)):
+        if pid and host == socket.gethostname() and int(pid) == os.getpid():
+            msg += (" It is this very process: an earlier trainer built here still holds the run (it was never "
+                    "trained or closed); call its run's close(), or restart the interpreter.")
+        elif pid and host == socket.gethostname() and not _pid_alive(int(pid)):
             msg += (f" Pid {pid} is no longer running, so a process it started still holds the lock (see "
                     f"`fuser {self.path}`); stop that process, or if none is left, delete {self.path}.")
         elif pid and host == socket.gethostname():
-            msg += (f" If you killed its `deepspeed` launcher with kill -9, this worker is still training: stop it "
-                    f"with `kill {pid}` (or wait for it), then resume with --resume_from latest.")
+            msg += (f" Stop it with `kill {pid}` (it checkpoints and exits) or wait for it, then resume with "
+                    f"--resume_from latest.")
         return msg
+
+    def mark_ended(self, **how: Any) -> None:
+        if self.fd is not None:
+            info = {**_holder(self.path), **how}
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, json.dumps(info).encode(), 0)
 
     def release(self) -> None:
         if self.fd is not None:
@@ -162,7 +173,7 @@ def _entries(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name not in IGNORED_ENTRIES) if directory.is_dir() else []
 
 
-def _move_aside(directory: Path) -> Path:
+def move_aside(directory: Path) -> Path:
     """Rename a finished run out of the way (same filesystem: instant, nothing copied, nothing deleted)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = directory.with_name(f"{directory.name}.replaced-{stamp}")
@@ -172,6 +183,22 @@ def _move_aside(directory: Path) -> Path:
         n += 1
     os.replace(directory, target)
     return target
+
+
+def data_fingerprint(path: str, rows: Any) -> str:
+    """What a dataset holds, to tell on resume whether it changed: a local file's (or directory's) SHA-256, or the
+    hub dataset's own fingerprint."""
+    import hashlib
+
+    local = Path(path)
+    if local.is_file() or local.is_dir():
+        h = hashlib.sha256()
+        for f in ([local] if local.is_file() else sorted(q for q in local.rglob("*") if q.is_file())):
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(chunk)
+        return "sha256:" + h.hexdigest()
+    return "datasets:" + str(getattr(rows, "_fingerprint", len(rows)))
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -222,8 +249,12 @@ class Run:
             self.lock.release()
             raise outcome["error_type"](outcome["error"])
         self.resume_path: Optional[Path] = Path(outcome["resume"]) if outcome["resume"] else None
+        self.resume_step: Optional[int] = outcome.get("resume_step")
+        self.resume_data: dict[str, str] = outcome.get("resume_data") or {}
+        self.data: dict[str, str] = {}  # config field -> fingerprint of the data it names (kept in checkpoints)
         seed_everything(cfg.seed, self.rank)
         self.tracker: Optional[Tracker] = None
+        self.stop = StopWatch()  # SIGTERM / SIGINT, or the deepspeed launcher gone: stop at the next step boundary
 
     # ------------------------------------------------------------------ directory
     def _prepare(self) -> dict[str, Any]:
@@ -239,7 +270,8 @@ class Run:
                         f"{path} was written by {saved_world} processes but {self.world} were launched: data shards "
                         f"and optimiser partitions differ, so launch {saved_world} processes to resume it")
                 self._lock()
-                out["resume"] = str(path)
+                out["resume"], out["resume_step"] = str(path), state.get("step")
+                out["resume_data"] = state.get("data") or {}
                 return out
             entries = _entries(self.dir)
             if entries and not self.cfg.overwrite:
@@ -250,32 +282,102 @@ class Run:
                     f"--resume_from latest, or pass --overwrite to move it aside to {self.dir}.replaced-<time> "
                     f"(nothing is deleted), or choose another --output_dir")
             if self.dir.is_dir() and self.cfg.overwrite:
+                here = Path.cwd().resolve()
+                if self.dir.resolve() in (here, *here.parents):
+                    raise RunDirError(f"--overwrite with output_dir {self.cfg.output_dir!r}: that is the current "
+                                      f"directory or one that holds it ({here}); moving it aside would move your "
+                                      f"working directory. Give the run a directory of its own")
                 probe = RunLock(self.dir)
-                probe.acquire()  # refuses while a process still writes there
-                probe.release()
-                moved = _move_aside(self.dir)
+                probe.acquire()  # refuses while a process still writes there, and holds the old run until it moved
+                try:
+                    moved = move_aside(self.dir)
+                    self._lock()  # the new directory's lock, taken before the old one is let go: no window
+                finally:
+                    probe.release()
                 print(f"[run] --overwrite: moved the previous contents of {self.dir} to {moved}", flush=True)
-            self._lock()
-        except (RunDirError, checkpoint.ResumeError, OSError) as err:
-            out["error"], out["error_type"] = str(err), type(err) if not isinstance(err, OSError) else RunDirError
+            else:
+                self._lock()
+        except Exception as err:  # every rank must leave with the same message, whatever went wrong here
+            known = isinstance(err, (RunDirError, checkpoint.ResumeError))
+            out["error"] = str(err) if known else f"{self.dir}: {type(err).__name__}: {err}"
+            out["error_type"] = type(err) if known else RunDirError
         return out
 
     def _lock(self) -> None:
         previous = self.lock.acquire()
         pid = previous.get("pid")
-        if pid and self.cfg.resume_from and pid != os.getpid():
-            print(f"[run] {self.dir}: the previous process (pid {pid}, started {previous.get('started')}) ended "
-                  f"without finishing; resuming", flush=True)
+        if pid and self.cfg.resume_from:
+            if previous.get("finished"):
+                print(f"[run] {self.dir}: the previous process (pid {pid}) finished the run at step "
+                      f"{previous.get('step')} on {previous.get('finished')}; resuming continues it", flush=True)
+            elif previous.get("stopped"):
+                print(f"[run] {self.dir}: the previous process (pid {pid}) stopped at step {previous.get('step')} "
+                      f"({previous.get('stopped')}); resuming", flush=True)
+            else:
+                print(f"[run] {self.dir}: the previous process (pid {pid}, started {previous.get('started')}) ended "
+                      f"without finishing; resuming", flush=True)
+
+    def refuse_if_finished(self, total_steps: int, field: str) -> None:
+        """On resume, refuse a checkpoint already at ``total_steps`` (what ``field`` gives): the run is finished."""
+        if self.resume_step is not None and self.resume_step >= total_steps:
+            raise checkpoint.ResumeError(
+                f"{self.resume_path} is at step {self.resume_step} and {field} gives {total_steps} steps: the run is "
+                f"finished, there is nothing to resume. Raise {field} to train it further")
+
+    def register_data(self, field: str, path: str, rows: Any) -> None:
+        """Record what the data named by config field ``field`` holds; on resume, refuse it if it changed since the
+        checkpoint (its stream position or shards would land on other rows). Before any model loads."""
+        self.data[field] = data_fingerprint(path, rows)
+        saved = self.resume_data.get(field)
+        if saved is not None and saved != self.data[field]:
+            raise checkpoint.ResumeError(
+                f"{field} {path!r} changed since checkpoint {self.resume_path} was written ({saved[:19]}... then, "
+                f"{self.data[field][:19]}... now): resuming would continue its data order on other rows. Restore "
+                f"the file it trained on, or start a new run (--overwrite moves this one aside)")
 
     def start_tracking(self) -> Tracker:
         """W&B on rank 0, files under output_dir/wandb (falls back to offline when W&B is unreachable)."""
         self.tracker = Tracker(self.cfg.wandb, self.config_dict, str(self.dir), active=engine.is_main())
         return self.tracker
 
-    def close(self) -> None:
+    def close(self, finished_step: Optional[int] = None, stopped: Optional[tuple[int, str]] = None) -> None:
+        """Finish W&B and release the lock (idempotent). How the run ended is recorded in the lock file, so a later
+        ``--resume_from latest`` says what is true: ``finished_step`` (it completed there) or ``stopped`` (step,
+        reason: it stopped on request)."""
         if self.tracker is not None:
             self.tracker.finish()
+            self.tracker = None
+        if finished_step is not None:
+            self.lock.mark_ended(finished=time.strftime("%Y-%m-%d %H:%M:%S"), step=finished_step)
+        elif stopped is not None:
+            self.lock.mark_ended(stopped=stopped[1], step=stopped[0])
         self.lock.release()
+        self.stop.restore()
+
+    def stop_requested(self) -> Optional[str]:
+        """Collective, once per step: why any rank was asked to stop (the same answer on every rank), or None."""
+        local = self.stop.requested()
+        flag = engine.all_reduce_sum(torch.tensor([1.0 if local else 0.0], device=engine.device()))
+        if flag.item() == 0:
+            return None
+        return next(r for r in engine.gather_objects(local) if r)
+
+    def stopped(self, step: int, reason: str) -> RunStopped:
+        """After the checkpoint at ``step``: close the run (recording why it stopped) and give the exception the
+        trainer raises."""
+        self.close(stopped=(step, reason))
+        return RunStopped(f"stopped at step {step} ({reason}); checkpoint {self.checkpoints / 'latest'} holds it: "
+                          f"continue with --resume_from latest")
+
+    @contextlib.contextmanager
+    def close_on_error(self) -> Iterator["Run"]:
+        """Around a trainer's set-up: any failure releases the lock and W&B before it propagates, so the next attempt
+        (in this process too, e.g. a notebook) finds the directory free."""
+        try:
+            yield self
+        except BaseException:
+            self.close()
+            raise
 
     # ------------------------------------------------------------------ metrics
     @property
@@ -316,7 +418,7 @@ class Run:
                 (tmp / "eval.yaml").write_text(yaml.safe_dump(front.eval_yaml(), sort_keys=False))
 
         state = {**trainer_state, "step": step, "world_size": self.world, "trainer": self.trainer,
-                 "config": self.config_dict}
+                 "config": self.config_dict, "data": self.data}
         problem = self._space_problem(engines) if engine.is_main() else None
         problem = engine.broadcast_object(problem)
         if problem:

@@ -46,6 +46,11 @@ class ObjectiveConfig(Plugin):
         """The objective and its source, for messages: ``helpful (model runs/rm)``."""
         return self.name
 
+    def preflight(self, path: str, prompts: Sequence[Prompt], what: str, rows: Optional[Sequence[int]] = None
+                  ) -> None:
+        """Checks that need the source's files but no weights, run before any model loads: ``path`` is this
+        objective's config field, ``prompts`` every prompt it will score (from ``what``, rows ``rows``)."""
+
     def build(self, *, dtype: Optional[torch.dtype] = None, device: Optional[torch.device] = None,
               ds_config: Optional[dict[str, Any]] = None) -> ScoreSource:
         raise ValueError(f"objective {self.name!r} names no source of scores: give it one of "
@@ -65,17 +70,36 @@ class ModelObjective(ObjectiveConfig):
 
     model: str = doc_field("", "score model: hub name or path (AutoModelForSequenceClassification, num_labels=1)")
     batch_size: int = doc_field(16, "sequences per score-model forward pass")
-    max_length: int = doc_field(1024, "max tokens the score model reads (left-truncated)")
+    max_length: Optional[int] = doc_field(None, "max tokens the score model reads (left-truncated); null: as many as "
+                                                "the model's positions allow (1024 when its config does not say)")
     prompt_template: str = doc_field(DEFAULT_TEMPLATE, "conversation layout if the score tokenizer has no chat template")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(bool(self.model), "model", "is required: a score model's path or hub name")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        check(self.max_length >= 1, "max_length", f"must be >= 1 token, got {self.max_length}")
+        check(self.max_length is None or self.max_length >= 1, "max_length",
+              f"must be >= 1 token or null, got {self.max_length}")
 
     def describe(self) -> str:
         return f"{self.name} (model {self.model})"
+
+    def preflight(self, path: str, prompts: Sequence[Prompt], what: str, rows: Optional[Sequence[int]] = None
+                  ) -> None:
+        """Its max_length fits the score model's positions, and its tokenizer's chat template renders every prompt."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        from rlhf.data.chat import preflight_lengths, render_each
+
+        from rlhf.scoring.score_model import check_score_config
+
+        config = AutoConfig.from_pretrained(self.model)
+        if not _is_safe_rlhf_dir(self.model):
+            check_score_config(config, self.model)
+        if self.max_length is not None:
+            preflight_lengths(config, f"{path}.model", self.model, self.max_length, f"{path}.max_length")
+        render_each(AutoTokenizer.from_pretrained(self.model), prompts, self.prompt_template, what, f"{path}.model",
+                    rows)
 
     def build(self, *, dtype: Optional[torch.dtype] = None, device: Optional[torch.device] = None,
               ds_config: Optional[dict[str, Any]] = None) -> ScoreSource:
@@ -92,8 +116,21 @@ class ModelObjective(ObjectiveConfig):
             model = engine.initialize_inference(model, ds_config)
         elif device is not None:
             model = model.to(device)
-        return ModelSource(model, tokenizer, float(meta.get("score_offset", 0.0)), self.batch_size, self.max_length,
+        from rlhf.data.chat import model_positions
+
+        max_length = self.max_length or model_positions(model.config) or 1024
+        return ModelSource(model, tokenizer, float(meta.get("score_offset", 0.0)), self.batch_size, max_length,
                            self.prompt_template)
+
+
+def _is_safe_rlhf_dir(path: str) -> bool:
+    import json
+    from pathlib import Path
+
+    from rlhf.scoring.score_model import SAFE_RLHF_ARCHS
+
+    f = Path(path) / "config.json"
+    return f.is_file() and bool(SAFE_RLHF_ARCHS & set(json.loads(f.read_text()).get("architectures") or []))
 
 
 class ModelSource:

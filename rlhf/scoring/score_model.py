@@ -83,6 +83,20 @@ def safe_rlhf_to_hf(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, {"score_offset": offset, "converted_from": "safe-rlhf"}
 
 
+def check_score_config(config: Any, path: str) -> None:
+    """From the config alone (no weights read): a model that is no sequence classifier (e.g. a causal LM) would get
+    a randomly initialised head, and one with several labels is no one-scalar scorer."""
+    archs = list(getattr(config, "architectures", None) or [])
+    if archs and not any(a.endswith("ForSequenceClassification") or a in SAFE_RLHF_ARCHS for a in archs):
+        raise ScoreModelError(
+            f"score model {path!r} is a {archs[0]}, not a trained score model: it has no score head, so its scores "
+            f"would come from a random one. Train one with reward_models/train.py or convert safe-rlhf weights with "
+            f"reward_models/convert_safe_rlhf.py")
+    if getattr(config, "num_labels", 1) != 1:
+        raise ScoreModelError(f"score model {path!r} has num_labels={config.num_labels}; a score model must output "
+                              f"one scalar (num_labels=1)")
+
+
 def load_score_model(path: str, dtype: Optional[torch.dtype] = None) -> tuple[nn.Module, Any, dict[str, Any]]:
     """(model, tokenizer, dimension meta) for a score model path or hub name; the model is frozen and in eval mode."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
@@ -105,9 +119,7 @@ def load_score_model(path: str, dtype: Optional[torch.dtype] = None) -> tuple[nn
             meta = {**extra, **meta}
         else:
             config = AutoConfig.from_pretrained(path)
-            if getattr(config, "num_labels", 1) != 1:
-                raise ScoreModelError(f"score model {path!r} has num_labels={config.num_labels}; a score model "
-                                      f"must output one scalar (num_labels=1)")
+            check_score_config(config, path)
             model, info = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1,
                                                                               output_loading_info=True)
             persistent = set(model.state_dict())

@@ -14,13 +14,15 @@ it; ``merged`` bakes W0 + dW(lambda) into an ordinary checkpoint. ``--grid`` wri
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from rlhf.adapter.policy import load_run_model
-from rlhf.adapter.svd_lora import PreferenceError, svd_lora_layers, validate_preference
+from rlhf.adapter.policy import load_run_model, read_run
+from rlhf.adapter.svd_lora import PREF_SUM_TOL, PreferenceError, svd_lora_layers, validate_preference
+from rlhf.core.errors import InputError
 from rlhf.evaluation.pareto import grid as simplex_grid
 
 
@@ -75,18 +77,65 @@ def to_merged(model: torch.nn.Module, preference: Any, out: Path) -> Path:
 FORMATS = {"peft": to_peft, "merged": to_merged}
 
 
-def export(run: str, out: str, fmt: str = "peft", preference: Optional[list[float]] = None,
-           grid_step: Optional[float] = None) -> list[Path]:
+class ExportError(InputError, ValueError):
+    """An export that would lose files or cannot be made; refused before the model loads."""
+
+
+def parse_preference(text: str, names: list[str]) -> list[float]:
+    """``--preference 0.7,0.3`` checked against the run's objectives, the message quoting what was written."""
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ExportError(f"--preference {text!r}: write {len(names)} comma-separated numbers, one per objective "
+                          f"{names}, e.g. {','.join(['0.5'] + ['0.5'] * (len(names) - 1))}") from None
+    if len(values) != len(names):
+        raise ExportError(f"--preference {text!r} has {len(values)} weights but the run has {len(names)} objectives "
+                          f"{names}")
+    if any(not math.isfinite(v) or v < 0 for v in values):
+        raise ExportError(f"--preference {text!r}: every weight must be a finite number >= 0")
+    if abs(math.fsum(values) - 1.0) > PREF_SUM_TOL:
+        raise ExportError(f"--preference {text!r} sums to {math.fsum(values):g}; the weights must sum to 1")
+    return values
+
+
+def prepare_out(out: str, overwrite: bool) -> Path:
+    """The output directory, refused when it is (inside) a checkpoint or a run's policy, or when it already exists
+    (``overwrite`` moves it aside to ``<out>.replaced-<time>``; nothing is deleted)."""
+    from rlhf.adapter.policy import protected
+    from rlhf.runtime.run import move_aside
+
+    target = Path(out)
+    bad = protected(target)
+    if bad:
+        raise ExportError(f"--out {out}: {bad}; export somewhere else")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        if not overwrite:
+            raise ExportError(f"--out {out} already exists; pass --overwrite to move it aside to "
+                              f"{target.name}.replaced-<time> (nothing is deleted), or choose another --out")
+        print(f"[export] --overwrite: moved {out} to {move_aside(target)}", flush=True)
+    return target
+
+
+def export(run: str, out: str, fmt: str = "peft", preference: Optional[str | list[float]] = None,
+           grid_step: Optional[float] = None, overwrite: bool = False) -> list[Path]:
+    """Every input is checked (format, preferences against the run's objectives, the output directory) before the
+    model loads; then one export per preference."""
     if fmt not in FORMATS:
-        raise ValueError(f"--format must be one of {sorted(FORMATS)}, got {fmt!r}")
+        raise ExportError(f"--format must be one of {sorted(FORMATS)}, got {fmt!r}")
     if (preference is None) == (grid_step is None):
-        raise ValueError("pass exactly one of --preference L1,L2,... or --grid STEP")
+        raise ExportError("pass exactly one of --preference L1,L2,... or --grid STEP")
+    info = read_run(run)
+    names = info.objective_names
+    if preference is not None:
+        prefs = [parse_preference(preference if isinstance(preference, str) else ",".join(map(repr, preference)),
+                                  names)]
+    else:
+        if not (0 < grid_step <= 1) or abs(round(1 / grid_step) * grid_step - 1) > 1e-9:
+            raise ExportError(f"--grid {grid_step:g}: the step must divide 1 (e.g. 0.1, 0.25, 0.5)")
+        prefs = simplex_grid(len(names), grid_step)
+    out_dir = prepare_out(out, overwrite)
     model, tokenizer, info = load_run_model(run)
-    D = len(info.objectives)
-    prefs = [preference] if preference is not None else simplex_grid(D, grid_step)
-    for p in prefs:  # every preference checked before anything is written
-        validate_preference(p, D)
-    out_dir, written = Path(out), []
+    written = []
     for p in prefs:
         target = out_dir if grid_step is None else out_dir / ("lambda_" + "_".join(f"{x:g}" for x in p))
         target.mkdir(parents=True, exist_ok=True)

@@ -87,40 +87,49 @@ class DPOConfig(SupervisedConfig, MultiObjectiveConfig):
 class DPOData:
     """Per row: the distinct responses (ids with prompt) and per dimension (chosen index, rejected index)."""
 
-    def __init__(self, rows: list[dict[str, Any]], cfg: DPODataConfig, tokenizer: Any) -> None:
+    def __init__(self, rows: list[dict[str, Any]], cfg: DPODataConfig, tokenizer: Any,
+                 numbers: Optional[list[int]] = None) -> None:
+        """``numbers``: each row's number in the file (for messages)."""
         self.pad_id = tokenizer.pad_token_id
         self.rows: list[tuple[list[tuple[list[int], int]], list[tuple[int, int]]]] = []
-        dropped = truncated = 0
-        for row in rows:
-            prompt = row[cfg.prompt_column]
-            if cfg.schema == "pku_saferlhf":
-                texts = [row["response_0"], row["response_1"]]
-                pairs = [(int(row[c]), 1 - int(row[c])) for c in cfg.id_columns]
-            else:
-                texts, pairs = [], []
-                for chosen, rejected in cfg.pair_columns:
-                    (chat, c_text), (_, r_text) = split_chat(row[chosen]), split_chat(row[rejected])
-                    prompt = chat or prompt  # UltraFeedback style: the chosen column holds the whole chat
-                    for t in (c_text, r_text):
-                        if t not in texts:
-                            texts.append(t)
-                    pairs.append((texts.index(c_text), texts.index(r_text)))
-            if any(c == r or texts[c].strip() == texts[r].strip() for c, r in pairs):
-                dropped += 1
-                continue
-            seqs = []
-            for t in texts:
-                p_ids, r_ids = encode_example(tokenizer, prompt, t, cfg.prompt_template)
-                ids = p_ids + r_ids
-                truncated += len(ids) > cfg.max_length
-                seqs.append((ids[:cfg.max_length], min(len(p_ids), cfg.max_length - 1)))
-            self.rows.append((seqs, pairs))
-        if dropped:
-            warnings.warn(f"dropped {dropped} rows where a dimension's chosen and rejected responses are identical")
-        if truncated:
-            warnings.warn(f"{truncated} sequences exceed data.max_length={cfg.max_length}; truncated at the end")
+        self.dropped = self.truncated = 0
+        for n, row in zip(numbers or range(len(rows)), rows):
+            try:
+                self._add(row, cfg, tokenizer)
+            except DataError as err:
+                raise DataError(f"{cfg.path!r} row {n}: {err}") from None
+        if self.dropped:
+            warnings.warn(f"dropped {self.dropped} rows where a dimension's chosen and rejected responses are "
+                          f"identical")
+        if self.truncated:
+            warnings.warn(f"{self.truncated} sequences exceed data.max_length={cfg.max_length}; truncated at the end")
         if not self.rows:
             raise DataError(f"{cfg.path!r} has no usable rows (every pair has identical responses)")
+
+    def _add(self, row: dict[str, Any], cfg: DPODataConfig, tokenizer: Any) -> None:
+        prompt = row[cfg.prompt_column]
+        if cfg.schema == "pku_saferlhf":
+            texts = [row["response_0"], row["response_1"]]
+            pairs = [(int(row[c]), 1 - int(row[c])) for c in cfg.id_columns]
+        else:
+            texts, pairs = [], []
+            for chosen, rejected in cfg.pair_columns:
+                (chat, c_text), (_, r_text) = split_chat(row[chosen]), split_chat(row[rejected])
+                prompt = chat or prompt  # UltraFeedback style: the chosen column holds the whole chat
+                for t in (c_text, r_text):
+                    if t not in texts:
+                        texts.append(t)
+                pairs.append((texts.index(c_text), texts.index(r_text)))
+        if any(c == r or texts[c].strip() == texts[r].strip() for c, r in pairs):
+            self.dropped += 1
+            return
+        seqs = []
+        for t in texts:
+            p_ids, r_ids = encode_example(tokenizer, prompt, t, cfg.prompt_template)
+            ids = p_ids + r_ids
+            self.truncated += len(ids) > cfg.max_length
+            seqs.append((ids[:cfg.max_length], min(len(p_ids), cfg.max_length - 1)))
+        self.rows.append((seqs, pairs))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -151,17 +160,23 @@ def sequence_logprobs(model: Any, b: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def train(cfg: DPOConfig) -> Path:
+    run, tokenizer = start(cfg, "dpo")
+    with run.close_on_error():  # any failure before or during training releases the run for the next attempt
+        return _train(cfg, run, tokenizer)
+
+
+def _train(cfg: DPOConfig, run: Run, tokenizer: Any) -> Path:
     from transformers import AutoModelForCausalLM
 
-    run, tokenizer = start(cfg, "dpo")
     d = cfg.data
     rows = load_rows(d.path, d.split, d.max_samples)
+    run.register_data("data.path", d.path, rows)  # a resume refuses a changed file
     needed = ([d.prompt_column, "response_0", "response_1", *d.id_columns] if d.schema == "pku_saferlhf"
               else [d.prompt_column, *[c for pair in d.pair_columns for c in pair]])
     require_columns(rows, needed, d.path, hint="check data.schema / data.id_columns / data.pair_columns")
     check_no_nulls(rows, [c for c in needed if c not in d.id_columns], d.path)
-    train_rows, eval_rows = split_rows(rows, d.eval_fraction, cfg.seed, d.path)
-    train_data, eval_data = DPOData(train_rows, d, tokenizer), DPOData(eval_rows, d, tokenizer)
+    train_rows, eval_rows, train_at, eval_at = split_rows(rows, d.eval_fraction, cfg.seed, d.path)
+    train_data, eval_data = DPOData(train_rows, d, tokenizer, train_at), DPOData(eval_rows, d, tokenizer, eval_at)
     D = len(cfg.objectives)
     total_steps = total_optimizer_steps(len(train_data), cfg.micro_batch_size, cfg.grad_accum, cfg.epochs,
                                         cfg.max_steps)
@@ -170,8 +185,8 @@ def train(cfg: DPOConfig) -> Path:
         apply_svd_lora(model, cfg.adapter)
         model.eval()  # no dropout: policy and reference log-probs must compare like with like
 
-    model_engine = build_engine(cfg, lambda: AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path),
-                                total_steps, prepare, tokenizer=tokenizer)
+    model_engine = build_engine(cfg, run, lambda: AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path),
+                                total_steps, prepare, tokenizer=tokenizer, max_length=cfg.data.max_length)
     policy, front = panacea_parts(cfg, model_engine, tokenizer, cfg.run_info("dpo", cfg.model_name_or_path))
     run.start_tracking()
     aggregation, dev = cfg.aggregation.build(), engine.device()

@@ -21,7 +21,7 @@ import torch
 from rlhf.adapter.svd_lora import scoped_preference
 from rlhf.core.batch import TrainBatch
 from rlhf.core.config import check, doc_field
-from rlhf.data.chat import check_tokenizer_fits
+from rlhf.data.chat import check_tokenizer_fits, preflight_lengths
 from rlhf.runtime import engine
 from rlhf.runtime.paths import check_config_paths
 from rlhf.runtime.run import Run, RunConfig
@@ -150,9 +150,16 @@ def train_loop(model_engine: Any, run: Run, cfg: "SupervisedConfig", n_items: in
                 bar.write(f"step {res.steps}: " + ", ".join(f"{k}={v:.4f}" for k, v in res.final_eval.items()))
         if front is not None and front.due(res.steps, total_steps):
             evaluate_front()
-        if cfg.save_every and res.steps % cfg.save_every == 0 and res.steps < total_steps:
+        saved = cfg.save_every and res.steps % cfg.save_every == 0 and res.steps < total_steps
+        if saved:
             res.seconds = round(seconds0 + time.time() - t0, 1)
             save()
+        reason = run.stop_requested()  # a signal, or the launcher gone: leave with a checkpoint to resume from
+        if reason:
+            if not saved:
+                res.seconds = round(seconds0 + time.time() - t0, 1)
+                save()
+            raise run.stopped(res.steps, reason)
     bar.close()
     res.seconds = round(seconds0 + time.time() - t0, 1)
     return res
@@ -165,7 +172,10 @@ def fit(model_engine: Any, run: Run, cfg: "SupervisedConfig", n_items: int, *, s
     if engine.is_main():
         print(f"{banner}, world size {run.world}", flush=True)
     try:
-        return save(train_loop(model_engine, run, cfg, n_items, **loop_args))
+        res = train_loop(model_engine, run, cfg, n_items, **loop_args)
+        out = save(res)
+        run.close(finished_step=res.steps)
+        return out
     finally:
         run.close()
 
@@ -227,8 +237,9 @@ def start(cfg: SupervisedConfig, trainer: str) -> tuple[Run, Any]:
     from rlhf.data.chat import ensure_pad_token
 
     run = Run(cfg, trainer)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model_name_or_path)
-    ensure_pad_token(tokenizer)
+    with run.close_on_error():
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model_name_or_path)
+        ensure_pad_token(tokenizer)
     return run, tokenizer
 
 
@@ -240,15 +251,20 @@ def _ds_config(cfg: SupervisedConfig, **resolve: Any) -> dict[str, Any]:
                                     max_grad_norm=cfg.max_grad_norm, **resolve)
 
 
-def build_engine(cfg: SupervisedConfig, load_model: Callable[[], torch.nn.Module], total_steps: int,
-                 prepare: Optional[Callable[[torch.nn.Module], None]] = None, tokenizer: Any = None) -> Any:
-    """Resolve the DeepSpeed config, load the model (partitioned at load under ZeRO-3), let the trainer
-    ``prepare`` it (e.g. apply the adapter), and wrap it in an engine with a warm-up + decay schedule."""
+def build_engine(cfg: SupervisedConfig, run: Run, load_model: Callable[[], torch.nn.Module], total_steps: int,
+                 prepare: Optional[Callable[[torch.nn.Module], None]] = None, tokenizer: Any = None,
+                 max_length: Optional[int] = None) -> Any:
+    """Refuse what the model's config already rules out (a finished run resumed, a tokenizer or ``max_length`` the
+    model cannot take), resolve the DeepSpeed config, load the model (partitioned at load under ZeRO-3), let the
+    trainer ``prepare`` it (e.g. apply the adapter), and wrap it in an engine with a warm-up + decay schedule."""
     from transformers import AutoConfig
 
+    run.refuse_if_finished(total_steps, "max_steps (or epochs)")
     model_config = AutoConfig.from_pretrained(cfg.model_name_or_path)
     if tokenizer is not None:
         check_tokenizer_fits(tokenizer, model_config, f"model_name_or_path {cfg.model_name_or_path!r}")
+    if max_length is not None:
+        preflight_lengths(model_config, "model_name_or_path", cfg.model_name_or_path, max_length, "data.max_length")
     hidden = getattr(model_config.get_text_config(), "hidden_size", None)
     ds_config = _ds_config(cfg, hidden_size=hidden)
     with engine.zero3_init(ds_config):
@@ -299,8 +315,10 @@ def dry_run(cfg: SupervisedConfig) -> dict[str, Any]:
             "train_batch_size": ds["train_batch_size"], "grad_accum": cfg.grad_accum}
 
 
-def split_rows(rows: Any, eval_fraction: float, seed: int, path: str) -> tuple[list[Any], list[Any]]:
-    """(train, held-out) rows by a seeded shuffle; refuses a dataset too small to hold any row out."""
+def split_rows(rows: Any, eval_fraction: float, seed: int, path: str
+               ) -> tuple[list[Any], list[Any], list[int], list[int]]:
+    """(train rows, held-out rows, their row numbers in the file) by a seeded shuffle; refuses a dataset too small to
+    hold any row out."""
     from rlhf.data.datasets import DataError
 
     rows = list(rows)
@@ -308,4 +326,5 @@ def split_rows(rows: Any, eval_fraction: float, seed: int, path: str) -> tuple[l
     if len(rows) - n_eval < 1:
         raise DataError(f"dataset {path!r} has {len(rows)} rows: too few to hold out {n_eval} for evaluation")
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
-    return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
+    train, held = order[n_eval:], order[:n_eval]
+    return [rows[i] for i in train], [rows[i] for i in held], train, held

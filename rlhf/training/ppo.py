@@ -23,7 +23,7 @@ from rlhf.algo.advantages import kl_rewards, reward_to_go, whiten
 from rlhf.algo.losses import masked_mean, policy_loss, value_loss
 from rlhf.core.batch import Experience, Rollout
 from rlhf.core.config import to_dict
-from rlhf.data.chat import check_tokenizer_fits, ensure_pad_token, fit_prompts, format_prompt
+from rlhf.data.chat import check_tokenizer_fits, ensure_pad_token, fit_prompts, format_prompt, preflight_lengths
 from rlhf.data.datasets import PromptStream, load_rows, prompt_column, require_columns
 from rlhf.evaluation.training import evaluate_and_log
 from rlhf.rollout.rollout import generate_rollout, position_ids_from_mask, response_logprobs
@@ -53,12 +53,17 @@ def dry_run(cfg: PPOConfig) -> dict[str, Any]:
 
 class PPOTrainer:
     def __init__(self, cfg: PPOConfig) -> None:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
         self.cfg = cfg
         # The run first: directory guard, lock, resume and process-count checks, seeds; before any model loads.
         self.run = Run(cfg, "ppo")
         self.rank, self.world, self.out = self.run.rank, self.run.world, self.run.dir
+        with self.run.close_on_error():  # a failure below leaves the directory free for the next attempt
+            self._setup(cfg)
+
+    def _setup(self, cfg: PPOConfig) -> None:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        self.run.refuse_if_finished(cfg.total_steps, "total_steps")
         self.estimator = cfg.advantage.build(cfg.ppo.gamma)
         # One optimiser update per rollout batch: pi_old is that update's own forward (ratio 1), so the rollout
         # needs only reference log-probs (half the no-grad pass), as TRL's GRPO does with num_iterations = 1.
@@ -69,6 +74,11 @@ class PPOTrainer:
         actor_config = AutoConfig.from_pretrained(cfg.actor_model)
         check_tokenizer_fits(self.tokenizer, actor_config, f"actor_model {cfg.actor_model!r}")
         self.prompts = self._load_prompts()  # data errors surface before any model is loaded
+        preflight_lengths(actor_config, "actor_model", cfg.actor_model,
+                          cfg.prompts.max_prompt_length + cfg.generation.max_new_tokens,
+                          "prompts.max_prompt_length + generation.max_new_tokens")
+        for i, o in enumerate(cfg.objectives):  # each source's own checks: lengths, templates on every prompt
+            o.preflight(f"objectives[{i}]", self.prompts.raw, f"prompts of {cfg.prompts.path!r}", self.prompt_rows)
         hidden = getattr(actor_config.get_text_config(), "hidden_size", None)
         actor_ds, critic_ds = check_runtime(cfg, self.world, hidden)
         self.generator = cfg.generation.backend.build()
@@ -108,9 +118,11 @@ class PPOTrainer:
     def _load_prompts(self) -> PromptStream:
         c = self.cfg.prompts
         rows = load_rows(c.path, c.split, c.max_samples)
+        self.run.register_data("prompts.path", c.path, rows)  # a resume refuses a changed file
         require_columns(rows, [c.prompt_column], c.path, hint="set prompts.prompt_column to the prompt column")
-        raw = fit_prompts(self.tokenizer, prompt_column(rows, c.prompt_column, c.path), c.max_prompt_length,
-                          c.prompt_template, f"prompts of {c.path!r}")       # conversations the policy sees whole
+        values, self.prompt_rows = prompt_column(rows, c.prompt_column, c.path)
+        raw = fit_prompts(self.tokenizer, values, c.max_prompt_length, c.prompt_template, f"prompts of {c.path!r}",
+                          self.prompt_rows)                                   # conversations the policy sees whole
         texts = [format_prompt(self.tokenizer, p, c.prompt_template) for p in raw]
         return PromptStream(texts, raw, self.cfg.rollout_batch_size // self.G, self.cfg.seed, self.rank, self.world)
 
@@ -175,7 +187,8 @@ class PPOTrainer:
             J = self._mean_over_ranks({"J": scores.float().mean(0).cpu()})["J"].float()       # (D,)
         else:  # one lambda per prompt: its group's mean estimates it (with GAE, a group is one sample)
             J = scores.float().view(B // self.G, self.G, D).mean(1).repeat_interleave(self.G, 0)  # (B, D)
-        return self.aggregation.weights(lam, J.to(lam.device)).to(scores.device)               # (B, D)
+        seen = engine.all_reduce_max(J.reshape(-1, D).max(0).values.to(engine.device())).cpu()  # (D,) all ranks
+        return self.aggregation.weights(lam, J.to(lam.device), seen).to(scores.device)         # (B, D)
 
     def _ptx_loss(self) -> torch.Tensor:
         texts = random.sample(self.ptx, min(self.cfg.micro_batch_size, len(self.ptx)))
@@ -388,6 +401,10 @@ class PPOTrainer:
             if self.step == 0 and self.run.resume_path is None:
                 self.evaluate_front()  # the starting front: every point is the base model's until the adapter moves
             while self.step < cfg.total_steps:
+                reason = self.run.stop_requested()  # a signal, or the launcher gone: checkpoint and leave
+                if reason:
+                    self.save_checkpoint()
+                    raise self.run.stopped(self.step, reason)
                 m = self.train_step()
                 if m is None:
                     continue
@@ -403,6 +420,7 @@ class PPOTrainer:
             bar.close()
             self.save_checkpoint()
             final = self.save_final()
+            self.run.close(finished_step=self.step)
         finally:
             self.run.close()
         if engine.is_main():

@@ -21,6 +21,7 @@ from rlhf.core.batch import TrainBatch
 from rlhf.core.config import check, doc_field
 from rlhf.data.pairs import PairTensors, PreferenceDataConfig, load_pairs
 from rlhf.runtime import engine
+from rlhf.runtime.run import Run
 from rlhf.scoring.score_model import DIMENSION_FILE, end_scores, write_dimension
 from rlhf.training.loop import SupervisedConfig, build_engine, fit, start, total_optimizer_steps
 
@@ -73,11 +74,20 @@ def evaluate(model: torch.nn.Module, data: PairTensors, kind: str, batch_size: i
 
 
 def train(cfg: ScoreTrainConfig) -> dict[str, Any]:
+    run, tokenizer = start(cfg, "reward_models")
+    with run.close_on_error():  # any failure before or during training releases the run for the next attempt
+        return _train(cfg, run, tokenizer)
+
+
+def _train(cfg: ScoreTrainConfig, run: Run, tokenizer: Any) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification
 
-    run, tokenizer = start(cfg, "reward_models")
     # Data first: every data error surfaces before a model is loaded or a step is spent.
     train_pairs, eval_pairs = load_pairs(cfg.data, cfg.kind, cfg.seed)
+    for field in ("data.path", "data.eval_path"):  # a resume refuses a changed file
+        path = getattr(cfg.data, field.split(".")[1])
+        if path:
+            run.register_data(field, path, None)
     train_data = PairTensors(train_pairs, tokenizer, cfg.data.max_length, cfg.data.prompt_template, "training")
     eval_data = PairTensors(eval_pairs, tokenizer, cfg.data.max_length, cfg.data.prompt_template, "evaluation")
     total_steps = total_optimizer_steps(len(train_data), cfg.micro_batch_size, cfg.grad_accum, cfg.epochs,
@@ -88,7 +98,7 @@ def train(cfg: ScoreTrainConfig) -> dict[str, Any]:
         model.config.pad_token_id = tokenizer.pad_token_id
         return model
 
-    model_engine = build_engine(cfg, load, total_steps, tokenizer=tokenizer)
+    model_engine = build_engine(cfg, run, load, total_steps, tokenizer=tokenizer, max_length=cfg.data.max_length)
     run.start_tracking()
     world, dev = engine.world_size(), engine.device()
 

@@ -24,7 +24,7 @@ from rlhf.adapter.svd_lora import SVDLoRAConfig, apply_svd_lora
 from rlhf.core.batch import TrainBatch
 from rlhf.core.config import check, doc_field
 from rlhf.data.chat import DEFAULT_TEMPLATE, encode_example, pad_batch, split_chat
-from rlhf.data.datasets import check_no_nulls, load_rows, require_columns
+from rlhf.data.datasets import DataError, check_no_nulls, load_rows, require_columns
 from rlhf.runtime import engine
 from rlhf.runtime.run import Run
 from rlhf.scoring.objectives import ObjectiveConfig
@@ -78,15 +78,21 @@ class SFTConfig(SupervisedConfig, MultiObjectiveConfig):
 class SFTData:
     """Token ids per row: prompt (unlabelled) + each objective's response + EOS (labelled)."""
 
-    def __init__(self, rows: list[dict[str, Any]], cfg: SFTDataConfig, tokenizer: Any) -> None:
+    def __init__(self, rows: list[dict[str, Any]], cfg: SFTDataConfig, tokenizer: Any,
+                 numbers: Optional[list[int]] = None) -> None:
+        """``numbers``: each row's number in the file (for messages)."""
         self.pad_id, D = tokenizer.pad_token_id, len(cfg.response_columns)
         self.items: list[list[tuple[list[int], int]]] = []  # row -> per dimension (ids, prompt length)
         n_trunc = 0
-        for row in rows:
+        for n, row in zip(numbers or range(len(rows)), rows):
             per_dim = []
             for col in cfg.response_columns:
                 chat, response = split_chat(row[col])   # a column may hold the whole chat (UltraFeedback style)
-                p_ids, r_ids = encode_example(tokenizer, chat or row[cfg.prompt_column], response, cfg.prompt_template)
+                try:
+                    p_ids, r_ids = encode_example(tokenizer, chat or row[cfg.prompt_column], response,
+                                                  cfg.prompt_template)
+                except DataError as err:
+                    raise DataError(f"{cfg.path!r} row {n}, column {col!r}: {err}") from None
                 ids = p_ids + r_ids
                 if len(ids) > cfg.max_length:
                     n_trunc += 1
@@ -128,23 +134,29 @@ def lm_losses(model: Any, data: SFTData, indices: list[int], dims: range | list[
 
 
 def train(cfg: SFTConfig) -> Path:
+    run, tokenizer = start(cfg, "sft")
+    with run.close_on_error():  # any failure before or during training releases the run for the next attempt
+        return _train(cfg, run, tokenizer)
+
+
+def _train(cfg: SFTConfig, run: Run, tokenizer: Any) -> Path:
     from transformers import AutoModelForCausalLM
 
-    run, tokenizer = start(cfg, "sft")
     d = cfg.data
     rows = load_rows(d.path, d.split, d.max_samples)
+    run.register_data("data.path", d.path, rows)  # a resume refuses a changed file
     require_columns(rows, [d.prompt_column, *d.response_columns], d.path,
                     hint="set data.prompt_column / data.response_columns")
     check_no_nulls(rows, [d.prompt_column, *d.response_columns], d.path)
-    train_rows, eval_rows = split_rows(rows, d.eval_fraction, cfg.seed, d.path)
-    train_data, eval_data = SFTData(train_rows, d, tokenizer), SFTData(eval_rows, d, tokenizer)
+    train_rows, eval_rows, train_at, eval_at = split_rows(rows, d.eval_fraction, cfg.seed, d.path)
+    train_data, eval_data = SFTData(train_rows, d, tokenizer, train_at), SFTData(eval_rows, d, tokenizer, eval_at)
     D = len(cfg.objectives)
     total_steps = total_optimizer_steps(len(train_data), cfg.micro_batch_size, cfg.grad_accum, cfg.epochs,
                                         cfg.max_steps)
-    model_engine = build_engine(cfg, lambda: AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path),
+    model_engine = build_engine(cfg, run, lambda: AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path),
                                 total_steps,
                                 prepare=(lambda m: apply_svd_lora(m, cfg.adapter)) if cfg.adapter else None,
-                                tokenizer=tokenizer)
+                                tokenizer=tokenizer, max_length=cfg.data.max_length)
     policy, front = (panacea_parts(cfg, model_engine, tokenizer, cfg.run_info("sft", cfg.model_name_or_path))
                      if cfg.adapter else (None, None))
     run.start_tracking()
