@@ -1,12 +1,5 @@
-"""Compare fronts of several methods with one shared reference point.
-
-    python rlhf/compare_fronts.py A/pareto.json B/pareto.json ... --out DIR [--reference-point 0.1,-2.0]
-           [--scorer NAME]
-
-Recomputes hypervolume, inner product, sparsity and spacing for every method from its points (or from
-``extra_points[NAME]``, e.g. the oracle) with ONE reference point: the one given, or one derived once from all
-fronts together. Writes DIR/compare.md, DIR/compare.json and DIR/compare.png.
-"""
+"""Several fronts against one shared reference point (``python rlhf/compare_fronts.py`` has the usage): metrics
+per method from its points (or an extra scorer's), ``compare.md``, ``compare.json`` and ``compare.png``."""
 from __future__ import annotations
 
 import json

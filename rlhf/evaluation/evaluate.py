@@ -1,15 +1,6 @@
-"""Trace the Pareto front a trained model gives as lambda moves, and its quality figures.
-
-    python rlhf/evaluate.py --run RUN [--grid 0.1 | --preferences FILE] [--prompts DATA] [--out DIR]
-    python rlhf/evaluate.py --run RUN/checkpoints/step_N --config RUN/checkpoints/step_N/eval.yaml   # as in training
-    python rlhf/evaluate.py --method dps --run RUN_a --run RUN_b ...     # fixed-lambda PPO runs (one point each)
-    python rlhf/evaluate.py --method rs  --run RUN_helpful --run RUN_harmless --grid 0.1   # Rewarded Soups
-    python rlhf/evaluate.py --help                                       # every option, documented
-
-The evaluation itself (sampling, scoring, the front's record) is ``rlhf/evaluation/front.py``'s, shared with the evaluation
-inside training. A Panacea run evaluates all preferences of a prompt batch in one generate call (one lambda per
-row). Writes DIR/pareto.json and DIR/pareto.png and logs both to W&B.
-"""
+"""Evaluating trained runs (``python rlhf/evaluate.py``; its docstring has the usage): the config, the three
+methods (panacea: one preference-conditioned run; dps: fixed-lambda runs; rs: Rewarded Soups), and ``evaluate``, which
+writes ``pareto.json`` and its plots. The evaluation itself is ``rlhf/evaluation/front.py``'s, shared with training."""
 from __future__ import annotations
 
 import json

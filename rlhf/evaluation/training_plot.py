@@ -1,12 +1,5 @@
-"""The front while it trained, from ``metrics.jsonl`` alone (no W&B needed): the front at several steps on one
-figure, coloured by step, the base point marked, and the hypervolume over steps.
-
-    python rlhf/plot_training.py RUN [--scorer oracle] [--steps 0,50,150] [--out RUN/training_fronts.png]
-
-RUN is a training run directory whose config set ``eval.every`` (PPO, DPO or Panacea-SFT); ``--scorer`` picks an
-extra scorer's front (e.g. the oracle) instead of the score models'. With D >= 3 objectives the front panel shows
-the first two.
-"""
+"""Drawing the front over training from ``metrics.jsonl`` alone (``python rlhf/plot_training.py`` has the usage):
+the front at several steps coloured by step, the base point, and the hypervolume against the run's fixed reference."""
 from __future__ import annotations
 
 from pathlib import Path

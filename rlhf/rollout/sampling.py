@@ -1,36 +1,9 @@
-"""Generation backends: how rollout tokens are decoded (rollouts dominate PPO time, DESIGN.md §4).
+"""Sampling noise shared across preferences: common random numbers for evaluation and the server.
 
-The interface every backend implements (``GenerationBackend``):
-
-- ``generate(model, input_ids (B, P), attention_mask (B, P), *, max_new_tokens, do_sample, temperature, top_p,
-  pad_token_id, eos_token_id, synced_gpus) -> (B, P+T)`` token ids. The caller has already written ``lambda`` into
-  the adapter (``set_preference``, (D,) or one row per sample) or merged it into W0 (``svd_lora.merged``), so a
-  backend never needs to know about preferences: to the model ``lambda`` is an ordinary buffer.
-- ``static_shapes``: True when the backend wants every call padded to the same prompt length (the caller then pads
-  prompts to ``max_prompt_length``) so that a compiled graph is reused instead of re-traced per batch.
-- ``after_update(model)``: called by the trainer after each optimiser update. HF backends read the live weights and
-  do nothing; a backend with its own copy of the weights syncs them here.
-
-Backends here:
-
-- ``hf``: ``model.generate`` with the dynamic KV cache (eager PyTorch). Works under every ZeRO stage.
-- ``hf_static_compile``: ``model.generate`` with a static KV cache and the decoding forward compiled by
-  ``torch.compile`` through transformers' ``CompileConfig``. Compiled once per run (transformers caches the
-  compiled call on the model while the config object stays the same) and reused across steps. ``lambda`` lives in
-  each adapter layer's ``preference`` buffer, which dynamo lifts to a graph *input*: changing it (same shape) does not
-  recompile — ``tests/test_generation.py`` counts compiled graphs to hold this. Going from a shared (D,) lambda to
-  per-sample (B, D), or merging the adapter, changes the graph and compiles once more (then both are cached).
-  Needs ZeRO stage 0-2 (ZeRO-3's parameter hooks break graphs). On CPU the inductor compile costs ~1 min and gains
-  nothing for tiny models: it is a GPU feature; ``compile_backend: eager`` keeps the tracing without code generation.
-
-A vLLM backend fits the same interface (not implemented: it cannot be tested on this project's CPU-only CI). It
-would need ``generation.merge_adapter: true``, so that when ``generate`` is called the model's weights already are
-``W0 + dW(lambda)`` for this batch: it pushes those weights into its engine (``load_weights`` on vLLM's model, once per
-rollout batch since lambda changes per batch), runs ``LLM.generate`` on the prompt token ids with
-``SamplingParams(temperature, top_p, max_tokens)`` and returns the ids padded like HF's. It refuses per-sample
-preferences (vLLM holds one set of weights). ``after_update`` marks its copy stale. Old and reference log-probs
-stay with the training model, as now, so PPO's ratios never mix two numerical implementations.
-"""
+Each row draws its noise from its own seed (a hash of the run's seed and the row's key) and the decoding step, so a
+prompt meets the same noise under every preference, method and batch: the difference between two lambdas' points is
+the policy's, not the sampler's, and batched decoding equals one-at-a-time. ``SharedNoiseSampling`` applies it inside
+HF ``generate`` as Gumbel-max on ``logits / T`` (top-p cut as transformers does)."""
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence

@@ -1,16 +1,9 @@
-"""Export a trained front at fixed preferences into the serving ecosystem's formats.
-
-    python -m rlhf.export --run RUN --preference 0.7,0.3 --format peft --out DIR      # a standard PEFT LoRA adapter
-    python -m rlhf.export --run RUN --preference 0.7,0.3 --format merged --out DIR    # a plain HF checkpoint
-    python -m rlhf.export --run RUN --grid 0.1 --format peft --out DIR                # one per grid point
+"""Exports of a trained front at fixed preferences (``python -m rlhf.export``; ``rlhf/export.py`` has the usage).
 
 For a fixed lambda the Panacea delta ``c U diag(sigma, s lambda) V^T`` is an ordinary LoRA of rank k + D:
-``B = U diag(c * sv(lambda))`` (out, k + D) and ``A = V^T`` (k + D, in), with ``lora_alpha = r`` (scale 1). peft
-itself writes the adapter (safetensors + adapter_config.json, the adapted modules as ``target_modules``,
-``fan_in_fan_out`` for GPT-2's Conv1D), so ``PeftModel.from_pretrained`` and LoRA servers (vLLM multi-LoRA) load
-it; ``merged`` bakes W0 + dW(lambda) into an ordinary checkpoint. ``--grid`` writes one directory per preference,
-``DIR/lambda_<l1>_<l2>...``, and ``DIR/front.json`` listing them.
-"""
+``B = U diag(c * sv(lambda))`` (out, k + D) and ``A = V^T`` (k + D, in), with ``lora_alpha = r`` (scale 1). peft itself
+writes the adapter, so ``PeftModel.from_pretrained`` and LoRA servers load it; ``merged`` bakes W0 + dW(lambda) into an
+ordinary checkpoint."""
 from __future__ import annotations
 
 import json

@@ -1,15 +1,9 @@
-"""Panacea-DPO: one DPO loss per preference dimension, aggregated under a sampled lambda (Panacea §5, HH-DPO).
-
-    deepspeed rlhf/train_dpo.py --config configs/<x>.yaml [--key value ...]
-
-For each dimension i the same prompt has its own preferred/rejected responses (PKU-SafeRLHF: ``better_response_id``
-for helpful, ``safer_response_id`` for harmless; generic: one chosen/rejected column pair per dimension):
+"""Panacea-DPO (``rlhf/train_dpo.py`` has the usage): one DPO loss per preference dimension, aggregated under a
+sampled lambda (Panacea §5, HH-DPO). For each dimension i the same prompt has its own preferred and rejected response:
 
     L_i = -log sigmoid(beta * [(log pi - log pi_ref)(y_w^i) - (log pi - log pi_ref)(y_l^i)])
 
-aggregated by the registry PPO uses (``ls``: sum_i lambda_i L_i; ``tche``: max_i lambda_i L_i). pi_ref is the same
-network with the adapter off. Output: ``output_dir/policy/`` (the run format ``evaluate.py`` reads).
-"""
+aggregated by the registry PPO uses; pi_ref is the same network with the adapter off."""
 from __future__ import annotations
 
 import json
@@ -26,11 +20,11 @@ from rlhf.algo.losses import logprobs_from_logits
 from rlhf.core.batch import TrainBatch
 from rlhf.core.config import check, doc_field
 from rlhf.data.chat import DEFAULT_TEMPLATE, encode_example, pad_batch, split_chat
-from rlhf.data.datasets import DataError, check_no_nulls, load_rows, require_columns
+from rlhf.data.datasets import DataError
 from rlhf.rollout.rollout import position_ids_from_mask
 from rlhf.runtime import engine
 from rlhf.runtime.run import Run
-from rlhf.training.loop import (SupervisedConfig, build_engine, fit, forward_scope, panacea_parts, split_rows, start,
+from rlhf.training.loop import (SupervisedConfig, build_engine, fit, forward_scope, load_split, panacea_parts, run_trainer,
                                 summary, total_optimizer_steps, vertex_means)
 from rlhf.training.multi_objective import MultiObjectiveConfig
 
@@ -160,23 +154,18 @@ def sequence_logprobs(model: Any, b: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def train(cfg: DPOConfig) -> Path:
-    run, tokenizer = start(cfg, "dpo")
-    with run.close_on_error():  # any failure before or during training releases the run for the next attempt
-        return _train(cfg, run, tokenizer)
+    return run_trainer(cfg, "dpo", _train)
 
 
 def _train(cfg: DPOConfig, run: Run, tokenizer: Any) -> Path:
     from transformers import AutoModelForCausalLM
 
     d = cfg.data
-    rows = load_rows(d.path, d.split, d.max_samples)
-    run.register_data("data.path", d.path, rows)  # a resume refuses a changed file
     needed = ([d.prompt_column, "response_0", "response_1", *d.id_columns] if d.schema == "pku_saferlhf"
               else [d.prompt_column, *[c for pair in d.pair_columns for c in pair]])
-    require_columns(rows, needed, d.path, hint="check data.schema / data.id_columns / data.pair_columns")
-    check_no_nulls(rows, [c for c in needed if c not in d.id_columns], d.path)
-    train_rows, eval_rows, train_at, eval_at = split_rows(rows, d.eval_fraction, cfg.seed, d.path)
-    train_data, eval_data = DPOData(train_rows, d, tokenizer, train_at), DPOData(eval_rows, d, tokenizer, eval_at)
+    train_data, eval_data = load_split(run, d, cfg.seed, needed, [c for c in needed if c not in d.id_columns],
+                                       "check data.schema / data.id_columns / data.pair_columns",
+                                       lambda rows, data, at: DPOData(rows, data, tokenizer, at))
     D = len(cfg.objectives)
     total_steps = total_optimizer_steps(len(train_data), cfg.micro_batch_size, cfg.grad_accum, cfg.epochs,
                                         cfg.max_steps)

@@ -243,6 +243,14 @@ def start(cfg: SupervisedConfig, trainer: str) -> tuple[Run, Any]:
     return run, tokenizer
 
 
+def run_trainer(cfg: SupervisedConfig, trainer: str, body: Callable[[Any, Run, Any], Any]) -> Any:
+    """``body(cfg, run, tokenizer)`` inside the run (built first, before any model loads); any failure, while the
+    trainer is built or trains, releases the run for the next attempt (in this process too)."""
+    run, tokenizer = start(cfg, trainer)
+    with run.close_on_error():
+        return body(cfg, run, tokenizer)
+
+
 def _ds_config(cfg: SupervisedConfig, **resolve: Any) -> dict[str, Any]:
     """The run's DeepSpeed config with its "auto" keys resolved from the training fields (``resolve``: the model's
     hidden size, and the world size where no processes run yet)."""
@@ -313,6 +321,21 @@ def dry_run(cfg: SupervisedConfig) -> dict[str, Any]:
     engine.check_ds_config(ds, world)
     return {"world_size": world, "zero_stage": engine.zero_stage(ds), "precision": cfg.precision,
             "train_batch_size": ds["train_batch_size"], "grad_accum": cfg.grad_accum}
+
+
+def load_split(run: Run, data: Any, seed: int, columns: Sequence[str], non_null: Sequence[str], hint: str,
+               make: Callable[[list[Any], Any, list[int]], Any]) -> tuple[Any, Any]:
+    """The offline trainers' data: rows of ``data.path`` (kept by fingerprint for the resume check), their columns
+    and nulls checked, split into (train, held-out) by a seeded shuffle, each made by ``make(rows, data, row
+    numbers)``."""
+    from rlhf.data.datasets import check_no_nulls, load_rows, require_columns
+
+    rows = load_rows(data.path, data.split, data.max_samples)
+    run.register_data("data.path", data.path, rows)  # a resume refuses a changed file
+    require_columns(rows, list(columns), data.path, hint=hint)
+    check_no_nulls(rows, list(non_null), data.path)
+    train_rows, eval_rows, train_at, eval_at = split_rows(rows, data.eval_fraction, seed, data.path)
+    return make(train_rows, data, train_at), make(eval_rows, data, eval_at)
 
 
 def split_rows(rows: Any, eval_fraction: float, seed: int, path: str

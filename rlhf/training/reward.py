@@ -1,12 +1,6 @@
-"""Train a reward (higher = better) or cost (higher = worse) model.
-
-    deepspeed reward_models/train.py --config configs/<rm>.yaml [--key value ...]
-    python reward_models/train.py --config ... (one process, no launcher needed)
-
-Data flows: preference rows -> pairs -> tokenised (better, worse) batches -> end scores (2B,) -> loss -> DeepSpeed
-step; every ``eval_every`` optimiser steps, pairwise (and for costs, sign) accuracy on the held-out split.
-The output directory is an ordinary HF sequence-classification model + tokenizer + ``dimension.json``.
-"""
+"""Training reward and cost models (``reward_models/train.py`` has the usage): preference rows -> pairs ->
+tokenised (better, worse) batches -> end scores -> the pairwise (and, for costs, sign) loss -> DeepSpeed steps; the
+result is an ordinary HF sequence-classification model + tokenizer + ``dimension.json``."""
 from __future__ import annotations
 
 import math
@@ -23,7 +17,7 @@ from rlhf.data.pairs import PairTensors, PreferenceDataConfig, load_pairs
 from rlhf.runtime import engine
 from rlhf.runtime.run import Run
 from rlhf.scoring.score_model import DIMENSION_FILE, end_scores, write_dimension
-from rlhf.training.loop import SupervisedConfig, build_engine, fit, start, total_optimizer_steps
+from rlhf.training.loop import SupervisedConfig, build_engine, fit, run_trainer, total_optimizer_steps
 
 
 @dataclass(frozen=True)
@@ -74,9 +68,7 @@ def evaluate(model: torch.nn.Module, data: PairTensors, kind: str, batch_size: i
 
 
 def train(cfg: ScoreTrainConfig) -> dict[str, Any]:
-    run, tokenizer = start(cfg, "reward_models")
-    with run.close_on_error():  # any failure before or during training releases the run for the next attempt
-        return _train(cfg, run, tokenizer)
+    return run_trainer(cfg, "reward_models", _train)
 
 
 def _train(cfg: ScoreTrainConfig, run: Run, tokenizer: Any) -> dict[str, Any]:

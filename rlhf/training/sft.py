@@ -1,15 +1,6 @@
-"""Supervised fine-tuning: plain SFT (D = 1, full weights) and Panacea-SFT (D targets, SVD-LoRA, aggregated).
-
-    deepspeed rlhf/train_sft.py --config configs/<x>.yaml [--key value ...]
-    python rlhf/train_sft.py --help
-
-Plain SFT (``adapter: null``, one response column) trains every weight and writes an ordinary HF checkpoint: it
-builds the base models of the embedded benchmark. Panacea-SFT (``adapter`` set, one response column per
-objective) computes one language-model loss per dimension ``L_i`` on the same prompts and aggregates them under a
-sampled lambda with the registry PPO uses (``ls``: sum_i lambda_i L_i; ``tche``: max_i lambda_i L_i), the
-preference written into the adapter (Panacea §3.3, chat experiments). Output: ``output_dir/policy/`` (the run
-format ``evaluate.py`` reads).
-"""
+"""Supervised fine-tuning (``rlhf/train_sft.py`` has the usage): plain SFT (``adapter: null``: full weights, an HF
+checkpoint, how the embedded benchmark builds its base models) and Panacea-SFT (one target column per objective, one
+language-model loss each, aggregated under a sampled lambda written into the SVD-LoRA adapter; Panacea §3.3)."""
 from __future__ import annotations
 
 import json
@@ -24,11 +15,11 @@ from rlhf.adapter.svd_lora import SVDLoRAConfig, apply_svd_lora
 from rlhf.core.batch import TrainBatch
 from rlhf.core.config import check, doc_field
 from rlhf.data.chat import DEFAULT_TEMPLATE, encode_example, pad_batch, split_chat
-from rlhf.data.datasets import DataError, check_no_nulls, load_rows, require_columns
+from rlhf.data.datasets import DataError
 from rlhf.runtime import engine
 from rlhf.runtime.run import Run
 from rlhf.scoring.objectives import ObjectiveConfig
-from rlhf.training.loop import (SupervisedConfig, build_engine, fit, forward_scope, panacea_parts, split_rows, start,
+from rlhf.training.loop import (SupervisedConfig, build_engine, fit, forward_scope, load_split, panacea_parts, run_trainer,
                                 summary, total_optimizer_steps, vertex_means)
 from rlhf.training.multi_objective import MultiObjectiveConfig
 
@@ -134,22 +125,17 @@ def lm_losses(model: Any, data: SFTData, indices: list[int], dims: range | list[
 
 
 def train(cfg: SFTConfig) -> Path:
-    run, tokenizer = start(cfg, "sft")
-    with run.close_on_error():  # any failure before or during training releases the run for the next attempt
-        return _train(cfg, run, tokenizer)
+    return run_trainer(cfg, "sft", _train)
 
 
 def _train(cfg: SFTConfig, run: Run, tokenizer: Any) -> Path:
     from transformers import AutoModelForCausalLM
 
     d = cfg.data
-    rows = load_rows(d.path, d.split, d.max_samples)
-    run.register_data("data.path", d.path, rows)  # a resume refuses a changed file
-    require_columns(rows, [d.prompt_column, *d.response_columns], d.path,
-                    hint="set data.prompt_column / data.response_columns")
-    check_no_nulls(rows, [d.prompt_column, *d.response_columns], d.path)
-    train_rows, eval_rows, train_at, eval_at = split_rows(rows, d.eval_fraction, cfg.seed, d.path)
-    train_data, eval_data = SFTData(train_rows, d, tokenizer, train_at), SFTData(eval_rows, d, tokenizer, eval_at)
+    columns = [d.prompt_column, *d.response_columns]
+    train_data, eval_data = load_split(run, d, cfg.seed, columns, columns,
+                                       "set data.prompt_column / data.response_columns",
+                                       lambda rows, data, at: SFTData(rows, data, tokenizer, at))
     D = len(cfg.objectives)
     total_steps = total_optimizer_steps(len(train_data), cfg.micro_batch_size, cfg.grad_accum, cfg.epochs,
                                         cfg.max_steps)
