@@ -19,8 +19,12 @@ RUN_INFO = "run.json"
 
 
 def write_run_info(path: Path, *, trainer: str, base_model: str, objectives: Sequence[Any], preference: Any,
-                   eval_scorers: dict[str, str], step: int, prompts_path: Optional[str] = None) -> None:
+                   eval_scorers: dict[str, str], step: int, prompts_path: Optional[str] = None,
+                   prompt_template: Optional[str] = None) -> None:
+    """``prompt_template``: the plain layout the run trained with (used when the tokenizer has no chat template), so
+    that evaluation and serving render prompts as training did."""
     info = {"trainer": trainer, "base_model": base_model, "prompts_path": prompts_path,
+            "prompt_template": prompt_template,
             "objectives": [to_dict(o) for o in objectives],
             "preference": to_dict(preference), "eval_scorers": dict(eval_scorers), "step": step}
     (Path(path) / RUN_INFO).write_text(json.dumps(info, indent=2))
@@ -34,6 +38,7 @@ class RunInfo:
     objectives: list[dict[str, str]]
     fixed_preference: Optional[list[float]]
     eval_scorers: dict[str, str]
+    prompt_template: Optional[str] = None  # the layout it trained with (runs written before it was recorded: None)
 
     @property
     def objective_names(self) -> list[str]:
@@ -55,7 +60,8 @@ def read_run(run: str | Path) -> RunInfo:
         raise AdapterFileError(f"{policy / RUN_INFO} is not valid JSON ({err}); restore it from a checkpoint's "
                                f"policy/") from None
     fixed = _fixed_preference(info.get("preference"))
-    return RunInfo(policy, info["trainer"], info["base_model"], info["objectives"], fixed, info.get("eval_scorers", {}))
+    return RunInfo(policy, info["trainer"], info["base_model"], info["objectives"], fixed, info.get("eval_scorers", {}),
+                   info.get("prompt_template"))
 
 
 def protected(path: str | Path) -> Optional[str]:

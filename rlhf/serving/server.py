@@ -1,18 +1,26 @@
-"""The server behind ``python -m rlhf.serve`` (``rlhf/serve.py`` has the usage): request validation, the decoding
-engine that batches requests with one preference per row, and the FastAPI app with its page."""
+"""The server behind ``python -m rlhf.serve`` (``rlhf/serve.py`` has the usage): OpenAI-compatible chat completions
+with a per-request preference, streamed or not, on a continuously batched decoder (``rlhf/serving/decoder.py``).
+
+A request's path: the security gate (JSON only, bounded body, its own Host and Origin, the API key) -> validation of
+every field (an unknown or unimplemented one is a 400 naming it) -> the prompt rendered with the run's own layout and
+tokenised, off the event loop and off the decoder thread, its length checked against the model -> the decoder's queue
+(429 with Retry-After when full) -> tokens back as they are drawn (``stream: true``: OpenAI's server-sent chunks) ->
+text, stop strings and log-probs here. A request whose client has gone, or whose deadline passed, is dropped from the
+batch. Everything that can fail for one request fails before it joins a batch, and every error is JSON.
+"""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import math
-import queue
-import threading
+import os
 import time
 import uuid
-from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, AsyncIterator, Literal, Optional
 
 import torch
 from fastapi import Request  # module level: FastAPI resolves the endpoints' annotations against these globals
@@ -20,6 +28,7 @@ from fastapi import Request  # module level: FastAPI resolves the endpoints' ann
 from rlhf.core.config import check, doc_field
 
 MAX_SEED = 2**31 - 1
+API_KEY_ENV = "PANACEA_API_KEY"
 
 
 @dataclass(frozen=True)
@@ -29,15 +38,29 @@ class ServeConfig:
     run: str = doc_field("", "the trained run (RUN or RUN/policy)")
     host: str = doc_field("127.0.0.1", "interface to listen on (127.0.0.1: this machine only)")
     port: int = doc_field(8000, "TCP port")
+    engine: Literal["hf"] = doc_field("hf", "decoder: hf = this package's continuous batcher on the run's model")
     front: Optional[str] = doc_field(None, "pareto.json the page plots (null: RUN/eval/pareto.json when it exists)")
     device: Optional[str] = doc_field(None, "where the model runs (null: the GPU when there is one, else the CPU)")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = doc_field("auto", "weights' dtype (auto: bf16 on a GPU, fp32 "
                                                                        "on the CPU)")
+    api_key: Optional[str] = doc_field(None, f"require 'Authorization: Bearer KEY' on /v1/ (null: ${API_KEY_ENV} "
+                                             f"if set, else no key)")
+    allowed_hosts: tuple[str, ...] = doc_field((), "Host names served besides this machine's own (localhost, 127.0.0.1, "
+                                                   "--host); '*' serves any (only behind a proxy you trust)")
     max_batch_size: int = doc_field(16, "requests decoded together at most (1: one at a time)")
-    batch_window_ms: float = doc_field(10.0, "after the first request of a batch, wait this long for more")
+    batch_window_ms: float = doc_field(5.0, "with nothing decoding, wait this long after a request for others to "
+                                            "prefill with it")
+    max_queue: int = doc_field(256, "requests waiting at most; more get 429 with Retry-After")
     max_tokens_cap: int = doc_field(256, "the largest max_tokens a request may ask for")
     default_max_tokens: int = doc_field(64, "max_tokens when a request gives none")
-    max_prompt_length: int = doc_field(512, "prompt tokens kept (a longer chat keeps its end)")
+    max_prompt_length: int = doc_field(512, "prompt tokens a request may send (longer: 400)")
+    max_messages: int = doc_field(128, "messages a request may send")
+    max_body_bytes: int = doc_field(1_000_000, "request body size limit (larger: 413)")
+    request_timeout_s: float = doc_field(300.0, "a request not answered by then is abandoned (504)")
+    tokenize_workers: int = doc_field(2, "threads that render and tokenise prompts (never the decoder's)")
+    decode_threads: Optional[int] = doc_field(1, "torch threads of the decoding thread on a CPU (null: torch's "
+                                                 "default); measured here, one decodes small models fastest and "
+                                                 "leaves the other cores to HTTP and tokenising; ignored on a GPU")
 
     def __post_init__(self) -> None:
         check(bool(self.run), "run", "is required: --run RUN (a finished training run)")
@@ -46,35 +69,34 @@ class ServeConfig:
         check(self.batch_window_ms >= 0, "batch_window_ms", f"must be >= 0, got {self.batch_window_ms}")
         check(1 <= self.default_max_tokens <= self.max_tokens_cap, "default_max_tokens",
               f"must be in 1..max_tokens_cap ({self.max_tokens_cap}), got {self.default_max_tokens}")
+        for name in ("max_queue", "max_prompt_length", "max_messages", "max_body_bytes", "tokenize_workers"):
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        check(self.request_timeout_s > 0, "request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
+
+    @property
+    def key(self) -> Optional[str]:
+        return self.api_key or os.environ.get(API_KEY_ENV) or None
 
 
 class BadRequest(ValueError):
-    """A request field is malformed; answered with HTTP 400 naming it."""
+    """A request field is malformed; answered with an HTTP error (400 unless said) naming it."""
 
-    def __init__(self, param: str, message: str) -> None:
+    def __init__(self, param: str, message: str, status: int = 400, code: Optional[str] = None) -> None:
         super().__init__(f"{param}: {message}")
-        self.param = param
+        self.param, self.status, self.code = param, status, code
 
 
-@dataclass
-class Job:
-    """One chat request, validated, in the units the decoder wants."""
+# ----------------------------------------------------------------------------------------------------------
+# Validation: the OpenAI body, honestly
+# ----------------------------------------------------------------------------------------------------------
 
-    messages: list[dict[str, str]]
-    preference: list[float]
-    max_tokens: int
-    temperature: float
-    top_p: float
-    seed: int
-    future: Future
-
-
-@dataclass
-class Completion:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
+# Accepted and honoured. ``user`` is metadata: accepted, not used. Penalties, logit_bias, response_format,
+# tools and the like change what a client gets: they are refused by name unless they ask for the default.
+FIELDS = {"messages", "model", "preference", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed",
+          "n", "stream", "stream_options", "stop", "logprobs", "top_logprobs", "user"}
+DEFAULTS_ONLY = {"presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}, "response_format": {"type": "text"},
+                 "tools": None, "tool_choice": None, "functions": None, "function_call": None,
+                 "parallel_tool_calls": None}
 
 
 def parse_preference(value: Any, names: list[str]) -> list[float]:
@@ -103,139 +125,329 @@ def parse_preference(value: Any, names: list[str]) -> list[float]:
     return [float(x) for x in value]
 
 
-def parse_request(body: Any, names: list[str], cfg: ServeConfig) -> dict[str, Any]:
-    """Validate a chat-completions body into Job fields; every error names its field and the fix."""
+def _number(body: dict, name: str, default: float, lo: float, hi: float, lo_open: bool = False) -> float:
+    v = body.get(name, default)
+    if v is None:
+        v = default
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
+        (lo < v if lo_open else lo <= v) and v <= hi
+    if not ok:
+        raise BadRequest(name, f"must be a number in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {v!r}")
+    return float(v)
+
+
+def parse_request(body: Any, names: list[str], cfg: ServeConfig, model_id: Optional[str] = None) -> dict[str, Any]:
+    """Validate a chat-completions body into the request's settings; every error names its field and the fix."""
     if not isinstance(body, dict):
         raise BadRequest("body", "must be a JSON object with 'messages'")
+    unknown = sorted(set(body) - FIELDS - set(DEFAULTS_ONLY))
+    if unknown:
+        raise BadRequest(unknown[0], f"is not a parameter this server knows (it takes {sorted(FIELDS)} and "
+                                     f"'preference'); remove it")
+    for name, default in DEFAULTS_ONLY.items():
+        if name in body and body[name] not in (default, None) and not (name == "logit_bias" and body[name] == {}):
+            raise BadRequest(name, f"is not implemented by this server (it decodes the policy as trained); leave it "
+                                   f"out or at its default {default!r}")
+    if model_id is not None and body.get("model") not in (None, model_id):
+        raise BadRequest("model", f"this server serves one model, {model_id!r} (GET /v1/models); got "
+                                  f"{body.get('model')!r}", status=404, code="model_not_found")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages", "must be a non-empty list of {role, content} messages ending with a user turn")
+    if len(messages) > cfg.max_messages:
+        raise BadRequest("messages", f"has {len(messages)} messages; this server takes at most {cfg.max_messages}")
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or \
                 not isinstance(m.get("content"), str):
-            raise BadRequest(f"messages[{i}]", f"must be {{role: system|user|assistant, content: string}}, got {m!r}")
+            raise BadRequest(f"messages[{i}]", f"must be {{role: system|user|assistant, content: string}}, "
+                                               f"got {str(m)[:200]!r}")
     if messages[-1]["role"] != "user":
         raise BadRequest("messages", "must end with a user turn (the answer is the next assistant turn)")
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens", cfg.default_max_tokens))
+    if max_tokens is None:
+        max_tokens = cfg.default_max_tokens
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise BadRequest("max_tokens", f"must be a positive integer, got {max_tokens!r}")
     if max_tokens > cfg.max_tokens_cap:
         raise BadRequest("max_tokens", f"{max_tokens} exceeds this server's cap {cfg.max_tokens_cap} "
                                        f"(ask for fewer, or restart it with --max_tokens_cap)")
-    temperature = body.get("temperature", 1.0)
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 10:
-        raise BadRequest("temperature", f"must be a number in [0, 10] (0: greedy), got {temperature!r}")
-    top_p = body.get("top_p", 1.0)
-    if not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1:
-        raise BadRequest("top_p", f"must be a number in (0, 1], got {top_p!r}")
+    temperature = _number(body, "temperature", 1.0, 0.0, 10.0)
+    top_p = _number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
     seed = body.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED):
         raise BadRequest("seed", f"must be an integer in [0, {MAX_SEED}], got {seed!r}")
-    if body.get("stream"):
-        raise BadRequest("stream", "streaming is not supported by this server; send stream: false")
-    if body.get("n", 1) != 1:
-        raise BadRequest("n", "only n = 1 is supported")
+    if body.get("n", 1) not in (1, None):
+        raise BadRequest("n", "only n = 1 is supported (send n requests, each with its own seed)")
+    stream = body.get("stream", False) or False
+    if not isinstance(stream, bool):
+        raise BadRequest("stream", f"must be true or false, got {stream!r}")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or set(options) - {"include_usage"}:
+        raise BadRequest("stream_options", f"takes only {{include_usage: bool}}, got {options!r}")
+    if options and not stream:
+        raise BadRequest("stream_options", "is only allowed with stream: true")
+    stop = body.get("stop")
+    stop = [stop] if isinstance(stop, str) else (stop or [])
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+        raise BadRequest("stop", f"must be a non-empty string or a list of up to 4, got {body.get('stop')!r}")
+    logprobs = body.get("logprobs", False) or False
+    if not isinstance(logprobs, bool):
+        raise BadRequest("logprobs", f"must be true or false, got {logprobs!r}")
+    top = body.get("top_logprobs")
+    if top is not None:
+        if not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 20:
+            raise BadRequest("top_logprobs", f"must be an integer in [0, 20], got {top!r}")
+        if not logprobs:
+            raise BadRequest("top_logprobs", "needs logprobs: true")
     return {"messages": [{"role": m["role"], "content": m["content"]} for m in messages],
             "preference": parse_preference(body.get("preference"), names), "max_tokens": max_tokens,
-            "temperature": float(temperature), "top_p": float(top_p),
+            "temperature": temperature, "top_p": top_p, "stream": stream,
+            "include_usage": bool(options.get("include_usage")), "stop": stop, "logprobs": logprobs,
+            "top_logprobs": top or 0,
             "seed": int(seed) if seed is not None else int(torch.randint(0, MAX_SEED, ()).item())}
 
 
+# ----------------------------------------------------------------------------------------------------------
+# The engine: the run's model, its prompt layout, and the decoder
+# ----------------------------------------------------------------------------------------------------------
+
 class Engine:
-    """The run's model and a decoding thread that batches waiting requests (one lambda per row)."""
+    """The run's model behind a continuous batcher, and how its prompts are laid out and tokenised."""
 
     def __init__(self, cfg: ServeConfig) -> None:
+        import warnings
+
         from rlhf.adapter.policy import load_run_model
-        from rlhf.data.chat import DEFAULT_TEMPLATE
+        from rlhf.data.chat import DEFAULT_TEMPLATE, model_positions
         from rlhf.runtime.engine import placement
+        from rlhf.serving.decoder import ContinuousBatcher
 
         self.cfg = cfg
         device, dtype = placement(cfg.device, cfg.dtype)
         model, self.tokenizer, self.info = load_run_model(cfg.run, dtype)
         self.model = model.to(device).eval()
         self.names = self.info.objective_names
-        self.template = DEFAULT_TEMPLATE
-        self.queue: queue.Queue[Job] = queue.Queue()
-        self.stats = {"batches": 0, "requests": 0, "max_batch": 0}
-        self.thread = threading.Thread(target=self._loop, name="panacea-decoder", daemon=True)
-        self.thread.start()
+        self.template = self.info.prompt_template or DEFAULT_TEMPLATE
+        if self.info.prompt_template is None and not getattr(self.tokenizer, "chat_template", None):
+            warnings.warn(f"{self.info.path}/run.json does not record the prompt layout the run trained with (written "
+                          f"before it was recorded): using the default layout")
+        self.positions = model_positions(self.model.config)
+        self.batcher = ContinuousBatcher(self.model, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
+                                         cfg.max_batch_size, cfg.max_queue, cfg.batch_window_ms, cfg.decode_threads)
+        self.workers = ThreadPoolExecutor(cfg.tokenize_workers, thread_name_prefix="panacea-tokenize")
 
-    def submit(self, fields: dict[str, Any]) -> Future:
-        future: Future = Future()
-        self.queue.put(Job(**fields, future=future))
-        return future
+    @property
+    def stats(self) -> dict[str, int]:
+        return self.batcher.stats
 
-    def _loop(self) -> None:
-        while True:
-            jobs = [self.queue.get()]
-            deadline = time.monotonic() + self.cfg.batch_window_ms / 1000.0
-            while len(jobs) < self.cfg.max_batch_size:
-                timeout = deadline - time.monotonic()
-                try:
-                    jobs.append(self.queue.get(timeout=max(timeout, 0)) if timeout > 0 else self.queue.get_nowait())
-                except queue.Empty:
+    def prompt_ids(self, messages: list[dict[str, str]], max_tokens: int) -> list[int]:
+        """The conversation rendered as the run trained (its chat template or plain layout) and tokenised; refused
+        (400, naming the field) when the template rejects it or it does not fit."""
+        from rlhf.data.chat import format_prompt
+        from rlhf.data.datasets import DataError
+
+        try:
+            text = format_prompt(self.tokenizer, messages, self.template)
+        except DataError as err:
+            raise BadRequest("messages", str(err)) from None
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        if len(ids) > self.cfg.max_prompt_length:
+            raise BadRequest("messages", f"the conversation is {len(ids)} tokens; this server takes at most "
+                                         f"{self.cfg.max_prompt_length} (--max_prompt_length): send fewer or shorter "
+                                         f"messages")
+        if self.positions is not None and len(ids) + max_tokens > self.positions:
+            raise BadRequest("max_tokens", f"the conversation is {len(ids)} tokens and max_tokens {max_tokens}: "
+                                           f"together over the model's {self.positions} positions; ask for at most "
+                                           f"{max(self.positions - len(ids), 0)}")
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+class Stream:
+    """One request's side of the decoder: tokens arrive from the decoder thread into an asyncio queue; text, stop
+    strings and log-probs are built here."""
+
+    def __init__(self, engine: Engine, fields: dict[str, Any], prompt_ids: list[int]) -> None:
+        from rlhf.serving.decoder import Job
+
+        self.engine, self.fields, self.prompt_tokens = engine, fields, len(prompt_ids)
+        self.loop = asyncio.get_running_loop()
+        self.inbox: list[tuple[str, Any]] = []               # filled by the decoder thread
+        self.ready, self.scheduled = asyncio.Event(), False
+        self.watch_tokens = fields["stream"] or bool(fields["stop"])
+        self.ids: list[int] = []                             # the completion's tokens (EOS left out)
+        self.drawn = 0                                       # tokens drawn for it, EOS included (its usage)
+        self.logprobs: list[dict[str, Any]] = []
+        self.text, self.sent = "", 0                         # the decoded text, and how much of it went out
+        self.finish: Optional[str] = None
+        self.job = Job(prompt_ids, fields["preference"], fields["max_tokens"], fields["temperature"], fields["top_p"],
+                       fields["seed"], fields["top_logprobs"] if fields["logprobs"] else 0, self._emit,
+                       time.monotonic() + engine.cfg.request_timeout_s)
+
+    def _emit(self, kind: str, payload: Any) -> None:
+        """The decoder thread: events pile up in the inbox, and the event loop is woken at most once until it looks
+        (per token only when someone reads tokens as they come: a stream, or stop strings to watch)."""
+        self.inbox.append((kind, payload))
+        if (kind != "token" or self.watch_tokens) and not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        self.scheduled = False
+        self.ready.set()
+
+    def cancel(self) -> None:
+        self.job.cancelled.set()
+
+    async def deltas(self) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+        """(new text, log-prob entries of its tokens) as tokens arrive, until a stop string, EOS or the length;
+        ``finish`` is then set. Text that could still turn into a stop string is held back."""
+        stops = self.fields["stop"]
+        hold = max((len(s) for s in stops), default=1) - 1
+        pending_lp: list[dict[str, Any]] = []
+        eos = self.engine.tokenizer.eos_token_id
+        while self.finish is None:
+            await self.ready.wait()
+            self.ready.clear()
+            events, self.inbox = self.inbox, []
+            grew = False
+            for kind, payload in events:
+                if self.finish is not None:
                     break
-            jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]  # a gone client's job is dropped
-            if not jobs:
-                continue
-            try:
-                results = self.decode(jobs)
-            except Exception as err:  # one bad batch must not stop the server
-                for j in jobs:
-                    j.future.set_exception(err)
-                continue
-            for j, r in zip(jobs, results):
-                j.future.set_result(r)
+                if kind == "error":
+                    self.cancel()
+                    raise RuntimeError(payload)
+                if kind == "done":
+                    self.finish = payload
+                    continue
+                self.drawn += 1
+                if payload["id"] == eos:
+                    continue
+                self.ids.append(payload["id"])
+                grew = True
+                if self.fields["logprobs"]:
+                    pending_lp.append(self._logprob_entry(payload))
+            if grew:
+                self.text = self.engine.decode(self.ids)
+            cut = min((i for i in (self.text.find(s) for s in stops) if i >= 0), default=-1)
+            if cut >= 0:
+                self.text, self.finish = self.text[:cut], "stop"
+                self.cancel()  # the decoder drops the row at its next step
+            ready = len(self.text) if self.finish else max(len(self.text) - hold, self.sent)
+            if self.text[self.sent:ready].endswith("\ufffd") and not self.finish:
+                ready -= 1  # half of a multi-byte character: wait for the rest
+            if ready > self.sent or (self.finish and pending_lp):
+                chunk, self.sent = self.text[self.sent:ready], ready
+                entries, pending_lp = pending_lp, []
+                self.logprobs += entries
+                yield chunk, entries
 
-    @torch.no_grad()
-    def decode(self, jobs: list[Job]) -> list[Completion]:
-        """One batched generate call: row i runs under jobs[i].preference with its own seeded noise."""
-        from rlhf.data.chat import fit_prompt, format_prompt
-        from rlhf.rollout.rollout import generate
-        from rlhf.rollout.sampling import row_seeds
+    def _logprob_entry(self, payload: dict[str, Any]) -> dict[str, Any]:
+        tok = self.engine.tokenizer
+        text = tok.decode([payload["id"]])
+        return {"token": text, "logprob": payload["logprob"], "bytes": list(text.encode()),
+                "top_logprobs": [{"token": tok.decode([t]), "logprob": v, "bytes": list(tok.decode([t]).encode())}
+                                 for t, v in payload["top"]]}
 
-        self.stats["batches"] += 1
-        self.stats["requests"] += len(jobs)
-        self.stats["max_batch"] = max(self.stats["max_batch"], len(jobs))
-        prompts = [fit_prompt(self.tokenizer, j.messages, self.cfg.max_prompt_length, self.template)[0] for j in jobs]
-        texts = [format_prompt(self.tokenizer, p, self.template) for p in prompts]
-        lam = torch.tensor([j.preference for j in jobs])                                        # (B, D)
-        seeds = row_seeds(0, [j.seed for j in jobs])                                            # (B,)
-        temperature = torch.tensor([j.temperature for j in jobs])                               # (B,) 0: greedy
-        top_p = torch.tensor([j.top_p for j in jobs])                                           # (B,)
-        seqs, attention_mask, P, response_mask = generate(
-            self.model, self.tokenizer, texts, lam, max_prompt_length=self.cfg.max_prompt_length,
-            max_new_tokens=max(j.max_tokens for j in jobs), temperature=temperature, top_p=top_p, seeds=seeds)
-        prompt_lens = attention_mask[:, :P].sum(1).tolist()  # the prompt tokens each row was decoded from
-        out = []
-        for i, j in enumerate(jobs):
-            ids = seqs[i, P:][response_mask[i].bool()].tolist()[:j.max_tokens]                  # up to and with EOS
-            stopped = bool(ids) and ids[-1] == self.tokenizer.eos_token_id
-            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-            out.append(Completion(text, prompt_lens[i], len(ids), "stop" if stopped else "length"))
-        return out
+    @property
+    def usage(self) -> dict[str, int]:
+        n = self.drawn
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": n, "total_tokens": self.prompt_tokens + n}
 
+
+# ----------------------------------------------------------------------------------------------------------
+# The app
+# ----------------------------------------------------------------------------------------------------------
 
 PAGE = Path(__file__).with_name("page.html")
+
+
+def error_body(status: int, param: Optional[str], message: str, code: Optional[str] = None) -> dict[str, Any]:
+    kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(
+        status, "invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _host_of(value: str) -> str:
+    value = value.strip().lower()
+    if value.startswith("["):  # [::1]:8000
+        return value[1:value.index("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
 def build_app(cfg: ServeConfig, engine: Optional[Engine] = None) -> Any:
     """The FastAPI app (``engine``: an already loaded one, e.g. shared by tests)."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     engine = engine or Engine(cfg)
-    app = FastAPI(title="panacea-rlhf", description=__doc__)
+    app = FastAPI(title="panacea-rlhf", description=__doc__, docs_url=None, redoc_url=None, openapi_url=None)
     model_id = Path(cfg.run).resolve().name
+    allowed = {"localhost", "127.0.0.1", "::1", _host_of(cfg.host)} | {_host_of(h) for h in cfg.allowed_hosts}
+    key = cfg.key
 
-    def error(status: int, param: str, message: str) -> JSONResponse:
-        return JSONResponse(status_code=status, content={"error": {"message": message, "type": "invalid_request_error",
-                                                                   "param": param}})
+    def error(status: int, param: Optional[str], message: str, code: Optional[str] = None,
+              headers: Optional[dict[str, str]] = None) -> JSONResponse:
+        return JSONResponse(status_code=status, content=error_body(status, param, message, code), headers=headers)
+
+    def refusal(request: Request) -> Optional[JSONResponse]:
+        """Refused before anything else runs: a foreign Host (DNS rebinding) or Origin (another site's page), a body
+        that is not JSON or too large, a missing or wrong API key."""
+        host = _host_of(request.headers.get("host", ""))
+        if "*" not in cfg.allowed_hosts and host not in allowed:
+            return error(421, "host", f"Host {host!r} is not served here (this server answers {sorted(allowed)}; "
+                                      f"add a name with --allowed_hosts)")
+        origin = request.headers.get("origin")
+        if origin and "*" not in cfg.allowed_hosts and _host_of(origin.split("://", 1)[-1].split("/", 1)[0]) \
+                not in allowed:
+            return error(403, "origin", f"requests from pages of {origin} are not served (no cross-origin use)")
+        if request.method == "POST":
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                return error(415, "content-type", f"send the body as application/json, not {ctype or 'nothing'!r}")
+            length = request.headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > cfg.max_body_bytes):
+                return error(413, "body", f"the body is {length} bytes; this server takes at most "
+                                          f"{cfg.max_body_bytes} (--max_body_bytes)")
+        if key and request.url.path.startswith("/v1/"):
+            sent = request.headers.get("authorization", "")
+            if not (sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].encode(), key.encode())):
+                return error(401, "authorization", "send 'Authorization: Bearer <API key>' (the server's --api_key)",
+                             code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        return None
+
+    class Gate:
+        """A plain ASGI wrapper (not Starlette's BaseHTTPMiddleware, whose wrapped receive hides a client's
+        disconnect from the handler) applying ``refusal`` to every HTTP request."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                refused = refusal(Request(scope))
+                if refused is not None:
+                    await refused(scope, receive, send)
+                    return
+            await self.inner(scope, receive, send)
+
+    app.add_middleware(Gate)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, None, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error(400, "body", f"malformed request: {exc.errors()[:3]}")
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        return error(500, None, f"internal error: {type(exc).__name__}: {exc}")
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -243,36 +455,107 @@ def build_app(cfg: ServeConfig, engine: Optional[Engine] = None) -> Any:
                                             "objectives": engine.names, "preference_dim": len(engine.names),
                                             "base_model": engine.info.base_model}]}
 
+    async def read_body(request: Request) -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():  # chunked bodies carry no Content-Length: count as they come
+            size += len(chunk)
+            if size > cfg.max_body_bytes:
+                raise BadRequest("body", f"the body exceeds {cfg.max_body_bytes} bytes (--max_body_bytes)", 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
-        raw = await request.body()
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as err:
-            return error(400, "body", f"is not valid JSON ({err}); send a JSON object with 'messages'")
-        try:
-            fields = parse_request(body, engine.names, cfg)
+            raw = await read_body(request)
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as err:
+                raise BadRequest("body", f"is not valid JSON ({err}); send a JSON object with 'messages'") from None
+            fields = parse_request(body, engine.names, cfg, model_id)
+            ids = await asyncio.get_running_loop().run_in_executor(
+                engine.workers, engine.prompt_ids, fields["messages"], fields["max_tokens"])
         except BadRequest as err:
-            return error(400, err.param, str(err))
-        future = engine.submit(fields)
+            return error(err.status, err.param, str(err), err.code)
+        stream = Stream(engine, fields, ids)
+        if not engine.batcher.submit(stream.job):
+            wait = max(1, round(engine.batcher.queued / max(cfg.max_batch_size, 1)))
+            return error(429, None, f"{engine.batcher.queued} requests are waiting (--max_queue {cfg.max_queue}); "
+                                    f"retry in {wait} s", headers={"Retry-After": str(wait)})
+        rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        head = {"id": rid, "created": created, "model": model_id, "preference": fields["preference"],
+                "seed": fields["seed"]}
+        if fields["stream"]:
+            return StreamingResponse(_sse(stream, head, request), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        watcher = asyncio.create_task(_watch_disconnect(request, stream))
         try:
-            result: Completion = await asyncio.wrap_future(future)
-        except asyncio.CancelledError:  # the client went away: drop its job if it has not started
-            future.cancel()
-            raise
-        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-                "model": model_id, "preference": fields["preference"], "seed": fields["seed"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                             "finish_reason": result.finish_reason}],
-                "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-                          "total_tokens": result.prompt_tokens + result.completion_tokens}}
+            async for _ in stream.deltas():
+                pass
+        except RuntimeError as err:
+            timed_out = "timeout" in str(err)
+            return error(504 if timed_out else 500, None,
+                         f"the request ran past {cfg.request_timeout_s} s (--request_timeout_s)" if timed_out
+                         else str(err))
+        finally:
+            watcher.cancel()
+            stream.cancel()
+        choice = {"index": 0, "message": {"role": "assistant", "content": stream.text},
+                  "finish_reason": stream.finish,
+                  "logprobs": {"content": stream.logprobs} if fields["logprobs"] else None}
+        return {**head, "object": "chat.completion", "choices": [choice], "usage": stream.usage}
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
-        return PAGE.read_text().replace("__FRONT__", json.dumps(front_for_page(cfg, engine.names)))
+        return PAGE.read_text().replace("__FRONT__", script_json(front_for_page(cfg, engine.names)))
 
     app.state.engine = engine
     return app
+
+
+async def _watch_disconnect(request: Request, stream: Stream) -> None:
+    """A client that goes away (uvicorn never cancels a non-streaming handler) cancels its request."""
+    while True:
+        if await request.is_disconnected():
+            stream.cancel()
+            return
+        await asyncio.sleep(0.05)
+
+
+async def _sse(stream: Stream, head: dict[str, Any], request: Request) -> AsyncIterator[str]:
+    """OpenAI's streamed chat completion: a role chunk, content chunks, a finish chunk, a usage chunk when asked,
+    then ``[DONE]``. A client that disconnects ends the generator, and the request with it."""
+    def chunk(delta: dict[str, Any], finish: Optional[str] = None, logprobs: Any = None, usage: Any = None,
+              choices: bool = True) -> str:
+        body = {**head, "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}]
+                if choices else [], "usage": usage}
+        return f"data: {json.dumps(body)}\n\n"
+
+    watcher = asyncio.create_task(_watch_disconnect(request, stream))
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        try:
+            async for text, entries in stream.deltas():
+                lp = {"content": entries} if stream.fields["logprobs"] else None
+                if text or entries:
+                    yield chunk({"content": text}, logprobs=lp)
+        except RuntimeError as err:
+            yield f"data: {json.dumps(error_body(500, None, str(err)))}\n\n"
+            return
+        yield chunk({}, finish=stream.finish)
+        if stream.fields["include_usage"]:
+            yield chunk({}, usage=stream.usage, choices=False)
+        yield "data: [DONE]\n\n"
+    finally:
+        watcher.cancel()
+        stream.cancel()
+
+
+def script_json(value: Any) -> str:
+    """JSON safe inside a <script> element: no '</script>', no HTML comment or entity can close or bend it."""
+    return (json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
 def front_for_page(cfg: ServeConfig, names: list[str]) -> dict[str, Any]:
@@ -284,7 +567,7 @@ def front_for_page(cfg: ServeConfig, names: list[str]) -> dict[str, Any]:
                 path = candidate
                 break
     front: dict[str, Any] = {"objectives": names, "preferences": [], "points": [], "base_point": None,
-                             "source": None}
+                             "source": None, "needs_key": bool(cfg.key)}
     if path is not None and path.is_file():
         data = json.loads(path.read_text())
         front.update({k: data.get(k) for k in ("preferences", "points", "base_point")}, source=str(path))

@@ -176,7 +176,8 @@ def _train(cfg: DPOConfig, run: Run, tokenizer: Any) -> Path:
 
     model_engine = build_engine(cfg, run, lambda: AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path),
                                 total_steps, prepare, tokenizer=tokenizer, max_length=cfg.data.max_length)
-    policy, front = panacea_parts(cfg, model_engine, tokenizer, cfg.run_info("dpo", cfg.model_name_or_path))
+    info = cfg.run_info("dpo", cfg.model_name_or_path, prompt_template=cfg.data.prompt_template)
+    policy, front = panacea_parts(cfg, model_engine, tokenizer, info)
     run.start_tracking()
     aggregation, dev = cfg.aggregation.build(), engine.device()
     sampler = cfg.preference.build(len(cfg.objectives), cfg.seed)

@@ -350,7 +350,8 @@ class PPOTrainer:
         Gathers (collective under ZeRO-3) now; ``write`` runs on rank 0."""
         write_adapter = adapter_writer(self.actor, self.tokenizer, step=self.step, fingerprint=self.fingerprints["actor"],
                                        run_info=self.cfg.run_info("ppo", self.cfg.actor_model,
-                                                                  prompts_path=self.cfg.prompts.path))
+                                                                  prompts_path=self.cfg.prompts.path,
+                                                                  prompt_template=self.cfg.prompts.prompt_template))
         with_critic = with_critic and self.critic is not None
         if with_critic:
             critic_state = engine.full_state_dict(self.critic, only_trainable=True)

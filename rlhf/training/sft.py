@@ -143,8 +143,8 @@ def _train(cfg: SFTConfig, run: Run, tokenizer: Any) -> Path:
                                 total_steps,
                                 prepare=(lambda m: apply_svd_lora(m, cfg.adapter)) if cfg.adapter else None,
                                 tokenizer=tokenizer, max_length=cfg.data.max_length)
-    policy, front = (panacea_parts(cfg, model_engine, tokenizer, cfg.run_info("sft", cfg.model_name_or_path))
-                     if cfg.adapter else (None, None))
+    info = cfg.run_info("sft", cfg.model_name_or_path, prompt_template=cfg.data.prompt_template)
+    policy, front = panacea_parts(cfg, model_engine, tokenizer, info) if cfg.adapter else (None, None)
     run.start_tracking()
     aggregation, dev = cfg.aggregation.build(), engine.device()
     sampler = cfg.preference.build(len(cfg.objectives), cfg.seed)
