@@ -93,6 +93,12 @@ def concise(prompt: str, response: str) -> float:
 ORACLES = {"helpful": helpful, "harmless": harmless, "concise": concise}
 
 
+def concise_reward(prompts: Sequence[object], responses: Sequence[str], **columns: object) -> list[float]:
+    """Conciseness as a rule, the ``function`` objective of ``configs/three/ppo.yaml``: 1 - words / 40, clipped at 0
+    (the concise oracle itself: a rule needs no learning)."""
+    return [concise("", r) for r in responses]
+
+
 def oracle_scores(prompts: Sequence[str], responses: Sequence[str], objectives: Sequence[str] = ("helpful", "harmless")
                   ) -> np.ndarray:
     """(N, D) ground-truth scores, higher is better (the evaluate.py extra scorer for D = 2)."""

@@ -20,7 +20,6 @@ from rlhf.runtime.run import RunDirError
 from rlhf.training.ppo_config import PPOConfig
 from tests.test_ppo import load, make_config, metrics
 
-
 # ---------------------------------------------------------------- config values and files
 
 @pytest.mark.parametrize("override,match", [
@@ -220,19 +219,15 @@ def test_nan_scores_in_evaluation_and_comparison_name_the_scorer(world, tmp_path
         compare([str(a)], str(tmp_path / "c"))
 
 
-def test_ppo_nan_stop_names_the_score_model(world, tmp_path, monkeypatch):
+def test_ppo_nan_stop_names_the_objective_and_its_source(world, tmp_path):
     from rlhf.scoring.scorer import NonFiniteScoresError
     from rlhf.training.ppo import PPOTrainer
 
-    tr = PPOTrainer(load(make_config(world, tmp_path / "nan", max_bad_batches=1)))
-
-    def half_nan(p, r):
-        out = torch.zeros(len(p), 2)
-        out[:, 1] = float("nan")
-        return out
-
-    monkeypatch.setattr(tr.scorer, "raw", half_nan)
-    with pytest.warns(UserWarning), pytest.raises(NonFiniteScoresError, match=r"from \['harmless \(.*cm\)'\]"):
+    nan = {"name": "harmless", "function": "tests.test_objective_sources:nan_scores", "kind": "cost"}
+    tr = PPOTrainer(load(make_config(world, tmp_path / "nan", max_bad_batches=1,
+                                     objectives=[{"name": "helpful", "model": str(world / "rm")}, nan])))
+    with pytest.warns(UserWarning), pytest.raises(
+            NonFiniteScoresError, match=r"from \['harmless \(function tests.test_objective_sources:nan_scores\)'\]"):
         tr.train()
 
 

@@ -91,7 +91,7 @@ def test_ppo_on_chats_scores_the_conversation_the_policy_answered(world, tmp_pat
         tr = PPOTrainer(cfg)
     seen = []
     real = tr.scorer.raw
-    monkeypatch.setattr(tr.scorer, "raw", lambda p, r: seen.extend(p) or real(p, r))
+    monkeypatch.setattr(tr.scorer, "raw", lambda p, r, c=None: seen.extend(p) or real(p, r, c))
     tr.train()
     assert len(seen) == 4
     for p in seen:  # what the score models got is what the policy saw, whole

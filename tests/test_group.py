@@ -106,7 +106,7 @@ def test_each_objective_rises_at_its_own_vertex(world, tmp_path, monkeypatch):
                            **{**GROUP, "rollout_batch_size": 16, "mini_batch_size": 16, "micro_batch_size": 8}))
     tr = PPOTrainer(cfg)
 
-    def lengths(p, r):
+    def lengths(p, r, columns=None):
         n = torch.tensor([float(len(tr.tokenizer(x)["input_ids"])) for x in r])
         return torch.stack([n, -n], dim=1)                                               # (B, 2): long vs short
 

@@ -392,9 +392,9 @@ def test_one_objective_goes_through_every_command(world, tmp_path, monkeypatch):
 
 def test_an_extra_scorer_of_the_wrong_width_is_refused_naming_it(world, finished, tmp_path, no_model_loads):
     from rlhf.evaluation.evaluate import evaluate, parse_args
-    from rlhf.evaluation.pareto import FrontError
+    from rlhf.scoring.objectives import SourceError
 
-    with pytest.raises(FrontError, match=r"extra scorer 'words' returned shape \(2, 1\) for 2 responses; .* \(2, 2\)"):
+    with pytest.raises(SourceError, match=r"extra scorer 'words' returned shape \(2, 1\) for 2 responses; .* \(2, 2\)"):
         evaluate(parse_args(["--run", str(finished), "--prompts", str(world / "prompts.jsonl"), "--n_prompts", "4",
                              "--grid", "0.5", "--max_new_tokens", "4", "--no_wandb", "--out", str(tmp_path / "e"),
                              "--scorer", "words=tests.test_nothing_lost:word_count"]))

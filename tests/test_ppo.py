@@ -92,7 +92,7 @@ def test_nan_scores_skip_then_abort_without_checkpoint(world, tmp_path, monkeypa
 
     cfg = load(make_config(world, tmp_path / "nan", max_bad_batches=2, save_every=1))
     tr = trainer_mod.PPOTrainer(cfg)
-    monkeypatch.setattr(tr.scorer, "raw", lambda p, r: torch.full((len(p), 2), float("nan")))
+    monkeypatch.setattr(tr.scorer, "raw", lambda p, r, columns=None: torch.full((len(p), 2), float("nan")))
     with pytest.warns(UserWarning, match="NaN/inf scores"):
         with pytest.raises(NonFiniteScoresError, match="2 consecutive batches"):
             tr.train()

@@ -6,7 +6,6 @@ preference (a fixed lambda marks a DPS / Rewarded-Soups baseline run) and any ex
 """
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,19 +96,6 @@ def _fixed_preference(saved: Any) -> Optional[list[float]]:
     value = saved.get("value") if saved.get("name") == "fixed" else saved.get("fixed") if saved.get("mode") == "fixed" \
         else None
     return [float(x) for x in value] if value else None
-
-
-def load_callable(spec: str) -> Callable[..., Any]:
-    """'package.module:function' -> the function (extra scorers such as a ground-truth oracle)."""
-    if ":" not in spec:
-        raise ValueError(f"scorer {spec!r} must be written 'module:function'")
-    module, name = spec.split(":", 1)
-    import os
-    import sys
-
-    if os.getcwd() not in sys.path:  # user modules are named relative to where the command runs
-        sys.path.insert(0, os.getcwd())
-    return getattr(importlib.import_module(module), name)
 
 
 def load_run_model(run: str | Path, dtype: Any = None) -> tuple[Any, Any, RunInfo]:

@@ -5,7 +5,8 @@ B = rollout batch, P = prompt length (left-padded), T = response length (right-p
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import torch
 
@@ -23,6 +24,8 @@ class Rollout:
     preference: torch.Tensor         # (D,) or (B, D) lambda used for this batch
     prompts: tuple[str, ...]         # B raw prompt strings (score models re-format them)
     responses: tuple[str, ...]       # B decoded responses
+    columns: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # the prompt dataset's other columns, B values
+                                                                        # each (function and URL objectives read them)
 
     @property
     def prompt_length(self) -> int:
@@ -55,7 +58,8 @@ class Experience:
                               old_logprobs=None if r.old_logprobs is None else r.old_logprobs[idx],
                               ref_logprobs=r.ref_logprobs[idx], preference=pref,
                               prompts=tuple(r.prompts[i] for i in idx.tolist()),
-                              responses=tuple(r.responses[i] for i in idx.tolist()))
+                              responses=tuple(r.responses[i] for i in idx.tolist()),
+                              columns={k: tuple(v[i] for i in idx.tolist()) for k, v in r.columns.items()})
         tensors = {f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[idx]
                    for f in fields(self) if f.name != "rollout"}
         return Experience(rollout=sub_rollout, **tensors)

@@ -144,25 +144,39 @@ def prompt_column(rows: Any, column: str, path: str) -> tuple[list[Any], list[in
     return [values[i] for i in kept], kept
 
 
-class PromptStream:
-    """This rank's prompts, step by step: a seeded permutation per epoch, rank-strided, resumable."""
+def other_columns(rows: Any, column: str, kept: Sequence[int]) -> dict[str, list]:
+    """The dataset's columns other than the prompt ``column``, at rows ``kept``: what a function or URL objective
+    gets with each prompt (e.g. a reference answer), column -> one value per kept row."""
+    return {c: [values[i] for i in kept] for c in rows.column_names if c != column for values in [list(rows[c])]}
 
-    def __init__(self, texts: list[str], raw: list[Any], batch: int, seed: int, rank: int, world: int) -> None:
+
+def take_columns(columns: dict[str, Sequence], idx: Sequence[int]) -> dict[str, list]:
+    """``columns`` (column -> values) at rows ``idx``."""
+    return {k: [v[i] for i in idx] for k, v in columns.items()}
+
+
+class PromptStream:
+    """This rank's prompts, step by step: a seeded permutation per epoch, rank-strided, resumable. ``columns``: the
+    dataset's other columns (column -> one value per prompt), handed out with their prompts."""
+
+    def __init__(self, texts: list[str], raw: list[Any], batch: int, seed: int, rank: int, world: int,
+                 columns: Optional[dict[str, list]] = None) -> None:
         if len(texts) < batch * world:
             raise DataError(f"{len(texts)} prompts are fewer than one step needs (rollout_batch_size {batch} x "
                             f"{world} processes); add prompts or lower rollout_batch_size")
         self.texts, self.raw, self.batch, self.seed, self.rank, self.world = texts, raw, batch, seed, rank, world
+        self.columns = columns or {}
         self.epoch, self.pos = 0, 0
 
-    def next(self) -> tuple[list[str], list[Any]]:
-        """(formatted prompt texts, raw prompts) of this rank's next batch."""
+    def next(self) -> tuple[list[str], list[Any], dict[str, list]]:
+        """(formatted prompt texts, raw prompts, their other columns) of this rank's next batch."""
         if self.pos + self.batch * self.world > len(self.texts):
             self.epoch, self.pos = self.epoch + 1, 0
         order = np.random.default_rng(self.seed + self.epoch).permutation(len(self.texts))
         start = self.pos + self.rank * self.batch
-        idx = order[start:start + self.batch]
+        idx = order[start:start + self.batch].tolist()
         self.pos += self.batch * self.world
-        return [self.texts[i] for i in idx], [self.raw[i] for i in idx]
+        return [self.texts[i] for i in idx], [self.raw[i] for i in idx], take_columns(self.columns, idx)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "pos": self.pos}

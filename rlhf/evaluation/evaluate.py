@@ -11,15 +11,15 @@ from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
 
-from rlhf.adapter.policy import outputs_beside, protected, RunInfo, load_callable, load_run_model, read_run
+from rlhf.adapter.policy import RunInfo, load_run_model, outputs_beside, protected, read_run
 from rlhf.adapter.svd_lora import PreferenceError, load_adapter, svd_lora_layers, weights_added
 from rlhf.core.config import check, doc_field, load_config, split_config_arg
-from rlhf.data.datasets import DataError, load_rows, prompt_column, require_columns
-from rlhf.evaluation.front import (check_extra_scorers, FrontEvalFields, FrontGenerator, fit_and_format, load_preferences, plot_record,
-                                   score_responses, summarize)
+from rlhf.data.datasets import DataError, load_rows, other_columns, prompt_column, require_columns
+from rlhf.evaluation.front import (FrontEvalFields, FrontGenerator, check_extra_scorers, fit_and_format,
+                                   load_preferences, plot_record, score_responses, summarize)
 from rlhf.evaluation.pareto import FrontError, parse_reference
 from rlhf.runtime.engine import placement
-from rlhf.scoring.objectives import OBJECTIVES
+from rlhf.scoring.objectives import OBJECTIVES, extra_scorer
 from rlhf.scoring.scorer import Scorer
 
 
@@ -34,7 +34,7 @@ class EvalConfig(FrontEvalFields):
     out: Optional[str] = doc_field(None, "output directory (null: RUN/eval)")
     one_at_a_time: bool = doc_field(False, "one generate call per preference (slower; for checking)")
     with_base: bool = doc_field(False, "also score the base model (adapter off)")
-    scorer: tuple[str, ...] = doc_field((), "extra scorer NAME=module:function (repeat for several)")
+    scorer: tuple[str, ...] = doc_field((), "extra scorer NAME=module:function or NAME=URL (repeat for several)")
     extra_reference_points: dict[str, str] = doc_field(
         factory=dict, doc="per extra scorer, its reference point (null: one derived from this front alone)")
     device: Optional[str] = doc_field(None, "where the policy and score models run (null: the GPU when there is "
@@ -50,7 +50,7 @@ class EvalConfig(FrontEvalFields):
         check(self.method is None or self.method in METHODS, "method",
               f"must be one of {sorted(METHODS)}, got {self.method!r}")
         check(self.method is not None or len(self.run) == 1, "method", "several --run given: say --method dps or rs")
-        check(all("=" in s for s in self.scorer), "scorer", f"entries are NAME=module:function, got {list(self.scorer)}")
+        check(all("=" in s for s in self.scorer), "scorer", f"entries are NAME=module:function or NAME=URL, got {list(self.scorer)}")
 
     @property
     def method_name(self) -> str:
@@ -158,11 +158,15 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     rows = load_rows(prompts_path, cfg.split, cfg.n_prompts)
     require_columns(rows, [cfg.prompt_column], prompts_path, hint="set --prompt_column")
     raw, prompt_rows = prompt_column(rows, cfg.prompt_column, prompts_path)
+    columns = other_columns(rows, cfg.prompt_column, prompt_rows)  # what function and URL sources read with a prompt
     device, dtype = placement(cfg.device, cfg.dtype)
     objectives = [OBJECTIVES.parse(o, f"{runs[0].path}/run.json objectives[{i}]") for i, o in enumerate(runs[0].objectives)]
+    for i, o in enumerate(objectives):  # each source's own checks (a function's or a server's probe call) first
+        o.preflight(f"{runs[0].path}/run.json objectives[{i}]", raw, f"prompts of {prompts_path!r}", prompt_rows,
+                    columns)
     extra_specs = {**runs[0].eval_scorers, **dict(s.split("=", 1) for s in cfg.scorer)}
-    extra = {name: load_callable(spec) for name, spec in extra_specs.items()}
-    check_extra_scorers(extra, raw, D)  # a quick call on two prompts: the wrong width is refused before any load
+    extra = {name: extra_scorer(name, spec, D) for name, spec in extra_specs.items()}
+    check_extra_scorers(extra, raw, columns)  # a quick call on two prompts: the wrong width is refused before any load
     scorer = Scorer(objectives, dtype=dtype, device=device)
     reference = parse_reference(cfg.reference_point, D)
     extra_refs = {k: parse_reference(v, D) for k, v in cfg.extra_reference_points.items()}
@@ -170,8 +174,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     gen = load_generator(runs, cfg, device, dtype)
     raw, texts = fit_and_format(cfg, gen.tokenizer, raw, f"prompts of {prompts_path!r}")
     prefs, responses = METHODS[method](gen, runs, prefs, texts)
-    per_prompt = score_responses(scorer, extra, raw, responses)                               # scorer -> (P, N, D)
-    base_scores = score_responses(scorer, extra, raw, [gen.base(texts)]) if cfg.with_base else None
+    per_prompt = score_responses(scorer, extra, raw, responses, columns)                      # scorer -> (P, N, D)
+    base_scores = score_responses(scorer, extra, raw, [gen.base(texts)], columns) if cfg.with_base else None
     if reference is None:  # summarize derives it
         warnings.warn("no --reference-point: using one derived from this front alone; to compare methods use "
                       "compare_fronts.py (one shared reference point)")

@@ -11,7 +11,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -162,31 +162,25 @@ class _FiniteMeans:
                               f"pairs; those pairs were left out of its means")
 
 
-def _check_width(name: str, values: np.ndarray, n: int, D: int) -> None:
-    if values.shape != (n, D):
-        raise FrontError(f"extra scorer {name!r} returned shape {values.shape} for {n} responses; it must return one "
-                         f"row per response and one column per objective ({n}, {D})")
+def check_extra_scorers(extra: dict[str, Any], prompts: Sequence[Any], columns: Optional[dict[str, list]] = None
+                        ) -> None:
+    """Call each extra scorer (a score source of width D) once on (up to) two prompts with placeholder responses,
+    before anything loads: one that fails or returns the wrong shape is refused naming it."""
+    from rlhf.scoring.objectives import probe
+
+    for source in extra.values():
+        probe(source, prompts, columns)
 
 
-def check_extra_scorers(extra: dict[str, Callable], prompts: Sequence[Any], D: int) -> None:
-    """Call each extra scorer once on (up to) two prompts with placeholder responses, before anything loads: one that
-    returns the wrong shape is refused naming it."""
-    sample = list(prompts[:2])
-    for name, fn in extra.items():
-        _check_width(name, np.asarray(fn(sample, ["a placeholder response"] * len(sample)), float), len(sample), D)
-
-
-def score_responses(scorer: Scorer, extra: dict[str, Callable], raw_prompts: list[str], responses: list[list[str]]
-                    ) -> dict[str, np.ndarray]:
-    """Per scorer ("score models" and each extra one) the (P, N, D) scores of N prompts' responses under P
-    preferences."""
+def score_responses(scorer: Scorer, extra: dict[str, Any], raw_prompts: list[Any], responses: list[list[str]],
+                    columns: Optional[dict[str, list]] = None) -> dict[str, np.ndarray]:
+    """Per scorer ("score models", the objectives' sources, and each extra one) the (P, N, D) scores of N prompts'
+    responses under P preferences (``columns``: the prompts' other dataset columns)."""
     out: dict[str, list] = {"score models": [], **{name: [] for name in extra}}
     for texts in responses:
-        out["score models"].append(scorer.raw(raw_prompts, texts).float().numpy())
-        for name, fn in extra.items():
-            values = np.asarray(fn(raw_prompts, texts), float)
-            _check_width(name, values, len(texts), len(scorer.objectives))
-            out[name].append(values)
+        out["score models"].append(scorer.raw(raw_prompts, texts, columns).float().numpy())       # (N, D)
+        for name, source in extra.items():
+            out[name].append(source.score(raw_prompts, texts, columns).numpy())                 # (N, D)
     return {k: np.stack(v) for k, v in out.items()}
 
 

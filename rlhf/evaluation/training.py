@@ -8,12 +8,13 @@ reference point (``rlhf/evaluation/pareto.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
 from rlhf.core.config import check, doc_field
+from rlhf.data.datasets import take_columns
 from rlhf.evaluation.front import (FrontEvalFields, FrontGenerator, fit_and_format, front_points, load_preferences,
                                    plot_record, score_responses, summarize)
 from rlhf.scoring.scorer import Scorer
@@ -51,15 +52,16 @@ class TrainingFront:
     per-prompt scores are gathered so every rank returns the same record as ``evaluate.py`` on the checkpoint."""
 
     def __init__(self, cfg: TrainEvalConfig, names: Sequence[str], tokenizer: Any, scorer: Scorer,
-                 extra: dict[str, Callable], rank: int = 0, world: int = 1, synced_gpus: bool = False) -> None:
-        from rlhf.data.datasets import load_rows, prompt_column, require_columns
+                 extra: dict[str, Any], rank: int = 0, world: int = 1, synced_gpus: bool = False) -> None:
+        from rlhf.data.datasets import load_rows, other_columns, prompt_column, require_columns
 
         self.cfg, self.names, self.tokenizer, self.scorer, self.extra = cfg, list(names), tokenizer, scorer, extra
         self.rank, self.world, self.synced = rank, world, synced_gpus
         rows = load_rows(cfg.prompts, cfg.split, cfg.n_prompts)
         require_columns(rows, [cfg.prompt_column], cfg.prompts, hint="set eval.prompt_column")
-        raw, texts = fit_and_format(cfg, tokenizer, prompt_column(rows, cfg.prompt_column, cfg.prompts)[0],
-                                    f"eval prompts of {cfg.prompts!r}")
+        values, kept = prompt_column(rows, cfg.prompt_column, cfg.prompts)
+        raw, texts = fit_and_format(cfg, tokenizer, values, f"eval prompts of {cfg.prompts!r}")
+        self.columns = other_columns(rows, cfg.prompt_column, kept)  # column -> one value per prompt
         if len(raw) < world:
             from rlhf.data.datasets import DataError
 
@@ -96,13 +98,15 @@ class TrainingFront:
         """The front's record (``summarize``), with the run's fixed reference point. Collective: every rank calls."""
         gen = FrontGenerator(model, self.tokenizer, self.cfg, synced_gpus=self.synced)
         texts, raw = [self.texts[k] for k in self.keys], [self.raw[k] for k in self.keys]
+        columns = take_columns(self.columns, self.keys)
         was_training = model.training
         model.eval()
         try:
             per_prompt = self._gather(score_responses(self.scorer, self.extra, raw, gen.panacea(self.prefs, texts,
-                                                                                                 self.keys)))
+                                                                                                 self.keys), columns))
             if self.cfg.with_base and self.base is None:  # the adapter off does not change: once per run
-                self.base = self._gather(score_responses(self.scorer, self.extra, raw, [gen.base(texts, self.keys)]))
+                self.base = self._gather(score_responses(self.scorer, self.extra, raw, [gen.base(texts, self.keys)],
+                                                         columns))
         finally:
             model.train(was_training)
         if self.reference is None:

@@ -145,8 +145,10 @@ def reference_logprobs(actor: nn.Module, sequences: torch.Tensor, attention_mask
 def generate_rollout(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[str], raw_prompts: Sequence[str],
                      preference: torch.Tensor, *, max_prompt_length: int, max_new_tokens: int, temperature: float,
                      top_p: float, synced_gpus: bool = False, do_sample: bool = True, merge: bool = False,
-                     backend: Optional[GenerationBackend] = None, old_logprobs: bool = True) -> Rollout:
-    """Generate one response per prompt with lambda set, then score it under pi_old and pi_ref.
+                     backend: Optional[GenerationBackend] = None, old_logprobs: bool = True,
+                     columns: Optional[dict[str, Sequence[Any]]] = None) -> Rollout:
+    """Generate one response per prompt with lambda set, then score it under pi_old and pi_ref. ``columns``: the
+    prompts' other dataset columns, carried on the rollout for the objectives that read them.
 
     ``merge``: generate with lambda merged into W0 (``svd_lora.merged``); log-probs still use the adapter form.
     ``old_logprobs`` False: only pi_ref (half the forward): when a batch gets exactly one optimiser update, pi_old
@@ -169,4 +171,5 @@ def generate_rollout(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[st
     return Rollout(sequences=sequences, attention_mask=attention_mask, response_mask=response_mask,
                    old_logprobs=old, ref_logprobs=ref * response_mask,
                    preference=preference.to(sequences.device), prompts=tuple(raw_prompts),
-                   responses=tuple(decode_responses(tokenizer, sequences, P)))
+                   responses=tuple(decode_responses(tokenizer, sequences, P)),
+                   columns={k: tuple(v) for k, v in (columns or {}).items()})

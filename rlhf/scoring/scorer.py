@@ -1,7 +1,7 @@
-"""Scoring: every objective's score model on the decoded text -> end scores (B, D), higher = better everywhere.
+"""Scoring: every objective's source on the decoded text -> end scores (B, D), higher = better everywhere.
 
-Each score model re-tokenises the conversation with its own tokenizer (it may differ from the policy's). Cost
-models are negated so that "higher is better" holds in every dimension (DESIGN.md §1). Optional per-dimension
+Each source scores in its own way (``rlhf/scoring/objectives.py``: a score model re-tokenises the conversation with
+its own tokenizer, a function reads the text, a server answers over HTTP). Costs are negated so that "higher is better" holds in every dimension (DESIGN.md §1). Optional per-dimension
 running normalisation (statistics shared across ranks), then clipping to +-score_clip.
 """
 from __future__ import annotations
@@ -114,7 +114,7 @@ class FiniteGuard:
 
 
 class Scorer:
-    """Every objective's source, built once; ``raw(prompts, responses) -> (B, D)`` with costs negated."""
+    """Every objective's source, built once; ``raw(prompts, responses, columns) -> (B, D)`` with costs negated."""
 
     def __init__(self, objectives: Sequence[ObjectiveConfig], dtype: Optional[torch.dtype] = None,
                  ds_config: Optional[dict[str, Any]] = None, device: Optional[torch.device] = None) -> None:
@@ -122,9 +122,11 @@ class Scorer:
         self.sources = [o.build(dtype=dtype, device=device, ds_config=ds_config) for o in self.objectives]
 
     @torch.no_grad()
-    def raw(self, prompts: Sequence[Any], responses: Sequence[str]) -> torch.Tensor:
+    def raw(self, prompts: Sequence[Any], responses: Sequence[str],
+            columns: Optional[dict[str, Sequence[Any]]] = None) -> torch.Tensor:
+        """``columns``: the prompts' other dataset columns (column -> B values), for the sources that read them."""
         cols = []
         for obj, source in zip(self.objectives, self.sources):
-            s = source.score(prompts, responses).float()                                            # (B,)
+            s = source.score(prompts, responses, columns).float()                                   # (B,)
             cols.append(-s if obj.kind == "cost" else s)
         return torch.stack(cols, dim=-1)                                                            # (B, D)

@@ -26,7 +26,8 @@ class MultiObjectiveConfig:
     aggregation: AggregationConfig = doc_field(factory=AGGREGATIONS.default_block,
                                                   doc="how the objectives combine")
     eval_scorers: dict[str, str] = doc_field(
-        factory=dict, doc="extra scorers for evaluation, name -> 'module:function' (e.g. a ground-truth oracle)")
+        factory=dict, doc="extra scorers for evaluation, name -> 'module:function' or an http(s) URL, scoring every "
+                          "objective at once (one row of D numbers per response; e.g. a ground-truth oracle)")
     eval: TrainEvalConfig = doc_field(factory=TrainEvalConfig, doc="the front evaluated during training (W&B, "
                                                                    "metrics.jsonl): every N steps, off by default")
 
@@ -45,15 +46,29 @@ class MultiObjectiveConfig:
             check(all(o.SCORES for o in self.objectives), "eval.every",
                   "needs a source of scores for every objective (e.g. objectives[].model) to score the front")
 
+    def extra_scorers(self) -> dict[str, Any]:
+        """``eval_scorers`` as score sources (``rlhf/scoring/objectives.py`` ``extra_scorer``), each of width D."""
+        from rlhf.scoring.objectives import extra_scorer
+
+        return {name: extra_scorer(name, spec, len(self.objectives)) for name, spec in self.eval_scorers.items()}
+
+    def check_eval_scorers(self, prompts: Any, columns: Optional[dict[str, list]] = None) -> None:
+        """Before any model loads: every extra scorer imports (or its server answers) and gives D numbers per row on
+        two of ``prompts``. Only where the front is evaluated during training (``eval.every``)."""
+        from rlhf.scoring.objectives import probe
+
+        if self.eval.every:
+            for source in self.extra_scorers().values():
+                probe(source, prompts, columns)
+
     def training_front(self, tokenizer: Any, scorer: Any, rank: int, world: int, synced_gpus: bool = False) -> Any:
         """The in-training front evaluation (``rlhf/evaluation/front.py``), or None when ``eval.every`` is 0."""
         if not self.eval.every:
             return None
-        from rlhf.adapter.policy import load_callable
         from rlhf.evaluation.training import TrainingFront
 
-        extra = {name: load_callable(spec) for name, spec in self.eval_scorers.items()}
-        return TrainingFront(self.eval, self.objective_names, tokenizer, scorer, extra, rank, world, synced_gpus)
+        return TrainingFront(self.eval, self.objective_names, tokenizer, scorer, self.extra_scorers(), rank, world,
+                             synced_gpus)
 
     def run_info(self, trainer: str, base_model: str, **extra: Any) -> dict[str, Any]:
         """What a saved policy's run.json records of this run (``rlhf/adapter/policy.py`` ``write_run_info``)."""

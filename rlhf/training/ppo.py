@@ -24,7 +24,7 @@ from rlhf.algo.losses import masked_mean, policy_loss, value_loss
 from rlhf.core.batch import Experience, Rollout
 from rlhf.core.config import to_dict
 from rlhf.data.chat import check_tokenizer_fits, ensure_pad_token, fit_prompts, format_prompt, preflight_lengths
-from rlhf.data.datasets import PromptStream, load_rows, prompt_column, require_columns
+from rlhf.data.datasets import PromptStream, load_rows, other_columns, prompt_column, require_columns
 from rlhf.evaluation.training import evaluate_and_log
 from rlhf.rollout.rollout import generate_rollout, position_ids_from_mask, response_logprobs
 from rlhf.runtime import engine
@@ -77,8 +77,10 @@ class PPOTrainer:
         preflight_lengths(actor_config, "actor_model", cfg.actor_model,
                           cfg.prompts.max_prompt_length + cfg.generation.max_new_tokens,
                           "prompts.max_prompt_length + generation.max_new_tokens")
-        for i, o in enumerate(cfg.objectives):  # each source's own checks: lengths, templates on every prompt
-            o.preflight(f"objectives[{i}]", self.prompts.raw, f"prompts of {cfg.prompts.path!r}", self.prompt_rows)
+        for i, o in enumerate(cfg.objectives):  # each source's own checks: lengths, templates, a probe call
+            o.preflight(f"objectives[{i}]", self.prompts.raw, f"prompts of {cfg.prompts.path!r}", self.prompt_rows,
+                        self.prompts.columns)
+        cfg.check_eval_scorers(self.prompts.raw, self.prompts.columns)
         hidden = getattr(actor_config.get_text_config(), "hidden_size", None)
         actor_ds, critic_ds = check_runtime(cfg, self.world, hidden)
         self.generator = cfg.generation.backend.build()
@@ -124,7 +126,8 @@ class PPOTrainer:
         raw = fit_prompts(self.tokenizer, values, c.max_prompt_length, c.prompt_template, f"prompts of {c.path!r}",
                           self.prompt_rows)                                   # conversations the policy sees whole
         texts = [format_prompt(self.tokenizer, p, c.prompt_template) for p in raw]
-        return PromptStream(texts, raw, self.cfg.rollout_batch_size // self.G, self.cfg.seed, self.rank, self.world)
+        return PromptStream(texts, raw, self.cfg.rollout_batch_size // self.G, self.cfg.seed, self.rank, self.world,
+                            other_columns(rows, c.prompt_column, self.prompt_rows))
 
     def _load_ptx(self) -> Optional[list[str]]:
         if self.cfg.ptx.path is None:
@@ -142,14 +145,15 @@ class PPOTrainer:
         return lam if lam.dim() == 1 else lam.repeat_interleave(self.G, dim=0)                  # groups never mix
 
     def _rollout(self, lam: torch.Tensor) -> Rollout:
-        texts, raw = self.prompts.next()                                                       # B / G prompts
+        texts, raw, columns = self.prompts.next()                                              # B / G prompts
         texts, raw = [t for t in texts for _ in range(self.G)], [p for p in raw for _ in range(self.G)]
+        columns = {k: [x for x in v for _ in range(self.G)] for k, v in columns.items()}
         g = self.cfg.generation
         return generate_rollout(self.actor.module, self.tokenizer, texts, raw, lam,
                                 max_prompt_length=self.cfg.prompts.max_prompt_length,
                                 max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
                                 synced_gpus=self.synced_gpus, merge=g.merge_adapter, backend=self.generator,
-                                old_logprobs=not self.single_update)
+                                old_logprobs=not self.single_update, columns=columns)
 
     def _values(self, model: Any, rollout: Rollout) -> torch.Tensor:
         """(B, T, D) values at the positions that generate each response token; the caller scopes the rollout's
@@ -273,7 +277,7 @@ class PPOTrainer:
         t0 = time.perf_counter()
         rollout = self._rollout(lam)
         t1 = time.perf_counter()
-        raw = self.scorer.raw(rollout.prompts, rollout.responses)                              # (B, D)
+        raw = self.scorer.raw(rollout.prompts, rollout.responses, rollout.columns)             # (B, D)
         if not self.guard.ok(raw, self.step):
             return None
         scores = self.scores(raw).to(engine.device())                                          # (B, D)
