@@ -1,4 +1,5 @@
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Optional
 
 import pytest
@@ -69,3 +70,18 @@ def test_parse_overrides_forms():
 def test_describe_lists_docs():
     text = describe(Outer)
     assert "inner.lr: float = 0.0001  # learning rate" in text and "steps: int = 10" in text
+
+
+def test_an_override_that_switches_a_variant_drops_the_files_keys_for_the_old_one(tmp_path):
+    """``--preference.name fixed`` on a file with a Dirichlet block (as the RS baselines in scripts/ do): the old
+    variant's keys are dropped with a warning naming them, not merged into the new variant and refused."""
+    from rlhf.training.ppo_config import PPOConfig
+
+    three = Path(__file__).resolve().parents[1] / "configs" / "three" / "ppo.yaml"
+    with pytest.warns(UserWarning, match=r"--preference.name fixed replaces the config file's preference block "
+                                         r"\(variant 'dirichlet'\): its keys \['per', 'vertex_prob'\] are dropped"):
+        cfg = load_config(PPOConfig, three, ["--preference.name", "fixed", "--preference.value",
+                                                                "[1.0,0.0,0.0]"])
+    assert cfg.preference.NAME == "fixed" and cfg.preference.value == (1.0, 0.0, 0.0)
+    same = load_config(PPOConfig, three, ["--preference.vertex_prob", "0.2"])  # same variant: merged
+    assert (same.preference.NAME, same.preference.vertex_prob, same.preference.per) == ("dirichlet", 0.2, "batch")

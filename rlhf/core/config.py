@@ -13,6 +13,7 @@ import dataclasses
 import re
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
@@ -301,8 +302,31 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a YAML mapping of fields, got {type(loaded).__name__}")
         data = loaded
-    data = deep_merge(data, parse_overrides(list(overrides)))
+    overrides = parse_overrides(list(overrides))
+    data = deep_merge(switch_variants(data, overrides), overrides)
     return from_dict(cls, data)
+
+
+def switch_variants(data: dict[str, Any], overrides: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A plug-in block whose variant an override changes (``--preference.name fixed`` on a file's ``preference:
+    {name: dirichlet, vertex_prob: 0.15}``) starts afresh from the overrides: the file's keys belong to the other
+    variant and are dropped, with a warning naming them (merged, they would be refused as unknown to the new one)."""
+    out = dict(data)
+    for key, value in overrides.items():
+        node = out.get(key)
+        if not isinstance(value, Mapping) or not isinstance(node, Mapping):
+            continue
+        path = f"{prefix}{key}"
+        if "name" in value and node.get("name", value["name"]) != value["name"]:
+            dropped = sorted(k for k in node if k != "name")
+            if dropped:
+                warnings.warn(f"--{path}.name {value['name']} replaces the config file's {path} block (variant "
+                              f"{node['name']!r}): its keys {dropped} are dropped; set the new variant's fields with "
+                              f"--{path}.<field>")
+            out[key] = {}
+        else:
+            out[key] = switch_variants(dict(node), value, path + ".")
+    return out
 
 
 def split_config_arg(argv: Sequence[str]) -> tuple[str | None, list[str]]:
