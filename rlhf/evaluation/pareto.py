@@ -168,7 +168,7 @@ def plot_fronts(fronts: dict[str, tuple[np.ndarray, np.ndarray]], names: Sequenc
         fig, ax = plt.subplots(figsize=(6.5, 5))
         axes_pairs = [(ax, 0, 1)]
     else:
-        fig = plt.figure(figsize=(16, 4.5))
+        fig = plt.figure(figsize=(18, 4.5))
         ax3 = fig.add_subplot(1, 4, 1, projection="3d")
         for k, (method, (prefs, pts)) in enumerate(fronts.items()):
             ax3.scatter(pts[:, 0], pts[:, 1], pts[:, 2], **(dict(c=prefs[:, 0], cmap="viridis") if single else {}),
@@ -194,6 +194,7 @@ def plot_fronts(fronts: dict[str, tuple[np.ndarray, np.ndarray]], names: Sequenc
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    # a 3-D panel's z label reaches into its neighbour unless the row is spread out
+    fig.tight_layout(w_pad=1.0 if D == 2 else 5.0)
     fig.savefig(path, dpi=110)
     plt.close(fig)
