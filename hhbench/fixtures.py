@@ -18,12 +18,13 @@ def helpful(task, rng):
     return f"Sure, to {task}: " + ", ".join(rng.sample(DETAIL, 3)) + "."
 
 
-def write_tiny_base(path: Path, arch: str = "llama") -> Path:
-    """A tiny random causal LM + tokenizer saved like a hub checkpoint."""
+def write_tiny_base(path: Path, arch: str = "llama", hidden: int = 32, heads: int = 4) -> Path:
+    """A tiny random causal LM + tokenizer saved like a hub checkpoint (``hidden=128``: head size 32, the smallest
+    vLLM's CPU attention takes)."""
     corpus = [f"How do I {t}? {helpful(t, random.Random(i))} I cannot help with that."
               for i, t in enumerate(BENIGN + HARMFUL)]
     tok = build_tokenizer(corpus, vocab_size=400)
-    model = tiny_causal_lm(arch, vocab_size=len(tok), hidden=32, layers=2)
+    model = tiny_causal_lm(arch, vocab_size=len(tok), hidden=hidden, layers=2, heads=heads)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path

@@ -35,21 +35,25 @@ def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip: float
 
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                kl_advantages: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, clip: float
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                kl_advantages: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, clip: float,
+                token_weights: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The clipped PPO loss (to be minimised) on the aggregated advantage ``A = sum_i w_i A_i + A_kl``, and
     detached statistics.
 
     logprobs, old_logprobs, kl_advantages, mask: (B, T); advantages: (B, T, D); weights: (D,) or (B, D) on the
     simplex, from the aggregation registry (LS: lambda; Tchebycheff: the lagging dimension). The KL term enters
-    once, outside the aggregation.
+    once, outside the aggregation. ``token_weights`` (B, T), detached: a per-token factor on the surrogate (truncated
+    importance sampling ``min(pi_old / pi_sampler, cap)`` when another engine sampled the tokens).
     """
     mask = mask.to(logprobs.dtype)
     ratio = torch.exp(logprobs - old_logprobs)                                                # (B, T)
     w = weights.to(advantages)
     w = w if w.dim() == 1 else w[:, None, :]                                                  # (D,) or (B, 1, D)
     A = (advantages * w).sum(-1) + kl_advantages                                              # (B, T)
-    loss = -masked_mean(clipped_surrogate(ratio, A, clip), mask)
+    surrogate = clipped_surrogate(ratio, A, clip)                                             # (B, T)
+    if token_weights is not None:
+        surrogate = surrogate * token_weights.detach().to(surrogate)
+    loss = -masked_mean(surrogate, mask)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean(((ratio - 1.0).abs() > clip).to(mask.dtype), mask),

@@ -26,6 +26,8 @@ class Rollout:
     responses: tuple[str, ...]       # B decoded responses
     columns: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # the prompt dataset's other columns, B values
                                                                         # each (function and URL objectives read them)
+    sampler_logprobs: torch.Tensor | None = None  # (B, T) log-probs the decoding engine sampled with (an engine of
+                                                  # its own, e.g. vLLM; None: the trainer's model decoded)
 
     @property
     def prompt_length(self) -> int:
@@ -59,7 +61,8 @@ class Experience:
                               ref_logprobs=r.ref_logprobs[idx], preference=pref,
                               prompts=tuple(r.prompts[i] for i in idx.tolist()),
                               responses=tuple(r.responses[i] for i in idx.tolist()),
-                              columns={k: tuple(v[i] for i in idx.tolist()) for k, v in r.columns.items()})
+                              columns={k: tuple(v[i] for i in idx.tolist()) for k, v in r.columns.items()},
+                              sampler_logprobs=None if r.sampler_logprobs is None else r.sampler_logprobs[idx])
         tensors = {f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[idx]
                    for f in fields(self) if f.name != "rollout"}
         return Experience(rollout=sub_rollout, **tensors)
@@ -77,7 +80,8 @@ class Experience:
         sub_rollout = replace(r, sequences=r.sequences[:, lead:P + T], attention_mask=r.attention_mask[:, lead:P + T],
                               response_mask=r.response_mask[:, :T],
                               old_logprobs=None if r.old_logprobs is None else r.old_logprobs[:, :T],
-                              ref_logprobs=r.ref_logprobs[:, :T])
+                              ref_logprobs=r.ref_logprobs[:, :T],
+                              sampler_logprobs=None if r.sampler_logprobs is None else r.sampler_logprobs[:, :T])
         tensors = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rollout"}
         tensors.update({k: v[:, :T] for k, v in tensors.items() if k not in PER_SEQUENCE and v is not None})
         return Experience(rollout=sub_rollout, **tensors)

@@ -10,10 +10,15 @@ The interface every backend implements (``GenerationBackend``):
   prompts to ``max_prompt_length``) so that a compiled graph is reused instead of re-traced per batch.
 - ``after_update(model)``: called by the trainer after each optimiser update. HF backends read the live weights and
   do nothing; a backend with its own copy of the weights syncs them here.
+- ``own_sampler``: False for HF backends (the caller's logits processors and torch's RNG sample). True for an engine
+  that samples itself: the caller calls ``generate_with_logprobs(..., seeds=(B,) or None)`` instead and gets the
+  sampler's token log-probs (B, T) beside the sequences.
 
 Backends here:
 
 - ``hf``: ``model.generate`` with the dynamic KV cache (eager PyTorch). Works under every ZeRO stage.
+- ``vllm``: a vLLM OpenAI server in its own environment; the base loaded once, only the adapter synced per step
+  (``rlhf/rollout/vllm_engine.py``).
 - ``hf_static_compile``: ``model.generate`` with a static KV cache and the decoding forward compiled by
   ``torch.compile`` through transformers' ``CompileConfig``. Compiled once per run (transformers caches the
   compiled call on the model while the config object stays the same) and reused across steps. ``lambda`` lives in
@@ -43,6 +48,7 @@ from rlhf.core.registry import Plugin, Registry
 class GenerationBackend(Protocol):
     name: str
     static_shapes: bool
+    own_sampler: bool  # True: samples in its own engine, given per-row seeds; returns the sampler's log-probs too
 
     def generate(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                  max_new_tokens: int, do_sample: bool, temperature: float, top_p: float, pad_token_id: int,
@@ -89,7 +95,7 @@ def _sampling(do_sample: bool, temperature: float, top_p: float) -> dict[str, An
 class HFEager:
     """``model.generate`` with the dynamic cache."""
 
-    name, static_shapes = "hf", False
+    name, static_shapes, own_sampler = "hf", False, False
     cache_kwargs: dict[str, Any] = {}  # extra generate() arguments choosing the KV cache (and its compilation)
 
     @torch.no_grad()
@@ -146,6 +152,57 @@ class HFStaticCompileConfig(BackendConfig):
 
     def build(self) -> GenerationBackend:
         return HFStaticCompiled(self.compile_backend, self.compile_mode)
+
+
+@BACKENDS.register("vllm")
+@dataclass(frozen=True)
+class VLLMBackendConfig(BackendConfig):
+    """vLLM in its own environment: the base loaded once, each step's adapter(s) synced as LoRA (megabytes)."""
+
+    url: Optional[str] = doc_field(None, "a running vLLM OpenAI server (started with --enable-lora, "
+                                         "--served-model-name base, VLLM_ALLOW_RUNTIME_LORA_UPDATING=True); null: the "
+                                         "trainer starts one per rank on the first rollout")
+    python: Optional[str] = doc_field(None, "the vLLM environment's python (null: $PANACEA_VLLM_PYTHON, else the "
+                                            "repository's .venv-vllm built by scripts/setup_vllm.sh)")
+    tokenizer: Optional[str] = doc_field(None, "tokenizer the server loads (null: the base model's own)")
+    max_loras: int = doc_field(8, "adapters the server holds at once: a batch with more distinct lambdas decodes in "
+                                  "waves of this many")
+    max_model_len: Optional[int] = doc_field(None, "the server's context length (null: the model's)")
+    dtype: str = doc_field("auto", "the server's weight dtype (auto: the checkpoint's)")
+    seed: int = doc_field(0, "the server's own seed (rows are sampled with per-row seeds regardless)")
+    memory_fraction: float = doc_field(0.3, "--gpu-memory-utilization: the share of accelerator (on CPU: host) memory "
+                                            "the server takes; the trainer needs the rest")
+    kv_cache_gib: float = doc_field(1.0, "KV cache on a CPU server (VLLM_CPU_KVCACHE_SPACE) in GiB")
+    startup_timeout_s: float = doc_field(600.0, "seconds to wait for a started server's /health")
+    request_timeout_s: float = doc_field(600.0, "seconds one completion request may take")
+    concurrency: int = doc_field(64, "rows in flight at once (one request per row)")
+    extra_args: tuple[str, ...] = doc_field((), "more command-line arguments for the server")
+
+    def __post_init__(self) -> None:
+        check(self.max_loras >= 1, "generation.backend.max_loras", f"must be >= 1, got {self.max_loras}")
+        check(0 < self.memory_fraction <= 1, "generation.backend.memory_fraction",
+              f"must be in (0, 1], got {self.memory_fraction}")
+        check(self.concurrency >= 1, "generation.backend.concurrency", f"must be >= 1, got {self.concurrency}")
+        check(self.url is None or self.url.startswith(("http://", "https://")), "generation.backend.url",
+              f"must start with http:// or https://, got {self.url!r}")
+
+    def check(self, run_cfg: Any, path: str) -> None:
+        from rlhf.rollout.vllm_engine import find_python
+
+        generation = getattr(run_cfg, "generation", None)
+        check(not getattr(generation, "merge_adapter", False), "generation.merge_adapter",
+              "the vllm backend syncs only the adapter to its engine (the base stays loaded there): set "
+              "generation.merge_adapter: false")
+        if self.url is None:
+            find_python(self.python)  # refused here, before any model loads, saying how to build the environment
+
+    def build(self) -> GenerationBackend:
+        from rlhf.rollout.vllm_engine import VLLMBackend
+
+        settings = {k: getattr(self, k) for k in ("url", "python", "tokenizer", "max_loras", "max_model_len",
+                                                   "dtype", "seed", "memory_fraction", "kv_cache_gib",
+                                                   "startup_timeout_s", "request_timeout_s", "concurrency")}
+        return VLLMBackend({**settings, "extra_args": tuple(self.extra_args)})
 
 
 def make_backend(name: str = "hf", **settings: Any) -> GenerationBackend:

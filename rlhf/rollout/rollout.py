@@ -83,12 +83,27 @@ def generate(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[str], pref
              synced_gpus: bool = False, do_sample: bool = True, backend: Optional[GenerationBackend] = None,
              seeds: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
     """Left-padded prompts -> (sequences (B, P+T) with pads after EOS, attention_mask (B, P+T), prompt length P,
-    response_mask (B, T)).
+    response_mask (B, T)); ``generate_with_sampler_logprobs`` documents the arguments."""
+    return generate_with_sampler_logprobs(actor, tokenizer, prompt_texts, preference,
+                                          max_prompt_length=max_prompt_length, max_new_tokens=max_new_tokens,
+                                          temperature=temperature, top_p=top_p, synced_gpus=synced_gpus,
+                                          do_sample=do_sample, backend=backend, seeds=seeds)[:4]
+
+
+@torch.no_grad()
+def generate_with_sampler_logprobs(
+        actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[str], preference: Optional[torch.Tensor], *,
+        max_prompt_length: int, max_new_tokens: int, temperature: float, top_p: float, synced_gpus: bool = False,
+        do_sample: bool = True, backend: Optional[GenerationBackend] = None, seeds: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, Optional[torch.Tensor]]:
+    """``generate``'s four results and the sampler's (B, T) token log-probs (None from a backend that samples
+    with the trainer's own model: its log-probs are the trainer's).
 
     ``preference`` (D,) or (B, D): every decoding forward runs under it; None leaves the adapter's state as it is
     (the base model under ``adapter_disabled``, or a lambda already merged into W0).
     ``backend`` decodes (``rlhf/rollout/backends.py``; default HF eager). ``seeds`` (B,): sample each row with its own
-    seeded noise (``SharedNoiseSampling``) instead of the global RNG, so a row's draw does not depend on its batch.
+    seeded noise (``SharedNoiseSampling``; a backend with its own sampler seeds each row's request) instead of the
+    global RNG, so a row's draw does not depend on its batch.
     """
     backend = backend or HFEager()
     device = next(actor.parameters()).device
@@ -113,18 +128,27 @@ def generate(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[str], pref
                       f"and were cut from the left (their end kept); fit prompts with data.fit_prompts so that score "
                       f"models see the same conversation")
     input_ids, prompt_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # (B, P)
-    shared = seeds is not None and do_sample
-    processors = [SharedNoiseSampling(seeds, input_ids.shape[1], temperature, top_p)] if shared else None
+    sampler_logprobs = None
     with scoped_preference(actor, preference) if preference is not None else contextlib.nullcontext():
-        sequences = backend.generate(actor, input_ids, prompt_mask, max_new_tokens=max_new_tokens,
-                                     do_sample=do_sample and not shared, temperature=temperature, top_p=top_p,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                     synced_gpus=synced_gpus, logits_processor=processors)    # (B, P+T)
+        if backend.own_sampler:  # it reads lambda from the adapter's scoped state and seeds each row itself
+            sequences, sampler_logprobs = backend.generate_with_logprobs(
+                actor, input_ids, prompt_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                temperature=temperature, top_p=top_p, pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id, seeds=seeds)                           # (B, P+T), (B, T)
+        else:
+            shared = seeds is not None and do_sample
+            processors = [SharedNoiseSampling(seeds, input_ids.shape[1], temperature, top_p)] if shared else None
+            sequences = backend.generate(actor, input_ids, prompt_mask, max_new_tokens=max_new_tokens,
+                                         do_sample=do_sample and not shared, temperature=temperature, top_p=top_p,
+                                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                         synced_gpus=synced_gpus, logits_processor=processors)  # (B, P+T)
     P = input_ids.shape[1]
     response_mask = response_mask_from_tokens(sequences[:, P:], tokenizer.eos_token_id)       # (B, T)
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)                           # (B, P+T)
     sequences = torch.where(attention_mask.bool(), sequences, tokenizer.pad_token_id)
-    return sequences, attention_mask, P, response_mask
+    if sampler_logprobs is not None:
+        sampler_logprobs = sampler_logprobs * response_mask                                   # (B, T)
+    return sequences, attention_mask, P, response_mask, sampler_logprobs
 
 
 def decode_responses(tokenizer: Any, sequences: torch.Tensor, prompt_length: int) -> list[str]:
@@ -155,12 +179,10 @@ def generate_rollout(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[st
     is the update's own log-probs (the ratio is 1 there), so the trainer takes them from that forward.
     """
     with merged(actor, preference) if merge else contextlib.nullcontext():
-        sequences, attention_mask, P, response_mask = generate(actor, tokenizer, prompt_texts,
-                                                           None if merge else preference,
-                                                           max_prompt_length=max_prompt_length,
-                                                           max_new_tokens=max_new_tokens, temperature=temperature,
-                                                           top_p=top_p, synced_gpus=synced_gpus,
-                                                           do_sample=do_sample, backend=backend)
+        sequences, attention_mask, P, response_mask, sampler = generate_with_sampler_logprobs(
+            actor, tokenizer, prompt_texts, None if merge else preference, max_prompt_length=max_prompt_length,
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, synced_gpus=synced_gpus,
+            do_sample=do_sample, backend=backend)
     T = response_mask.shape[1]
     if old_logprobs:
         old, ref = policy_and_reference_logprobs(actor, sequences, attention_mask, T, temperature,
@@ -172,4 +194,4 @@ def generate_rollout(actor: nn.Module, tokenizer: Any, prompt_texts: Sequence[st
                    old_logprobs=old, ref_logprobs=ref * response_mask,
                    preference=preference.to(sequences.device), prompts=tuple(raw_prompts),
                    responses=tuple(decode_responses(tokenizer, sequences, P)),
-                   columns={k: tuple(v) for k, v in (columns or {}).items()})
+                   columns={k: tuple(v) for k, v in (columns or {}).items()}, sampler_logprobs=sampler)

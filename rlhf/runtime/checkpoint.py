@@ -30,7 +30,11 @@ MANIFEST = "manifest.json"
 # Fields that may change between a run and its resumption without changing what is being trained.
 RESUMABLE_FIELDS = {"resume_from", "total_steps", "dry_run", "wandb", "save_every", "keep_last", "log_every",
                     "sample_every", "max_bad_batches", "output_dir", "eval_every", "overwrite",
-                    "world_size"}  # world_size: the process-count check says it clearer
+                    "world_size",  # world_size: the process-count check says it clearer
+                    # where the decoding engine runs and how long to wait for it, not what it computes: a resume may
+                    # reach a restarted server at another address
+                    "generation.backend.url", "generation.backend.python", "generation.backend.startup_timeout_s",
+                    "generation.backend.request_timeout_s", "generation.backend.concurrency"}
 
 
 class ResumeError(InputError, ValueError):
@@ -185,7 +189,7 @@ def config_diff(saved: Any, now: Any, prefix: str = "") -> list[str]:
     if isinstance(saved, dict) and isinstance(now, dict):
         out = []
         for k in sorted(set(saved) | set(now)):
-            if not prefix and k in RESUMABLE_FIELDS:
+            if f"{prefix}{k}" in RESUMABLE_FIELDS:
                 continue
             out += config_diff(saved.get(k, _MISSING), now.get(k, _MISSING), f"{prefix}{k}.")
         return out

@@ -13,20 +13,11 @@ from typing import Any, Optional
 
 import torch
 
+from rlhf.adapter.as_lora import target_modules
 from rlhf.adapter.policy import load_run_model, read_run
 from rlhf.adapter.svd_lora import PREF_SUM_TOL, PreferenceError, svd_lora_layers, validate_preference
 from rlhf.core.errors import InputError
 from rlhf.evaluation.pareto import grid as simplex_grid
-
-
-def _target_modules(model: torch.nn.Module, names: list[str]) -> list[str]:
-    """The shortest target list that peft matches to exactly the adapted modules: their last name segments when
-    those select nothing else (what LoRA servers expect: q_proj, ...), else the full module names."""
-    from rlhf.adapter.svd_lora import is_adaptable
-
-    suffixes = sorted({n.rsplit(".", 1)[-1] for n in names})
-    matched = {n for n, m in model.named_modules() if is_adaptable(m) and n.rsplit(".", 1)[-1] in suffixes}
-    return suffixes if matched == set(names) else sorted(names)
 
 
 @torch.no_grad()
@@ -49,7 +40,7 @@ def to_peft(model: torch.nn.Module, preference: Any, out: Path) -> Path:
     del base.svd_lora_config
     conv1d = any(layer.transposed for layer in layers.values())
     cfg = LoraConfig(r=r, lora_alpha=r, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
-                     target_modules=_target_modules(base, list(layers)), fan_in_fan_out=conv1d)
+                     target_modules=target_modules(base, list(layers)), fan_in_fan_out=conv1d)
     peft_model = get_peft_model(base, cfg)
     for name, layer in layers.items():
         target = peft_model.base_model.model.get_submodule(name)

@@ -214,7 +214,14 @@ class PPOTrainer:
                 kl, kl_reward = kl_rewards(old, r.ref_logprobs, p.kl_coef, mask)                # (b, T) each
                 kl_adv = reward_to_go(kl_reward, mask, p.gamma)                                # (b, T)
                 stats["kl"] += kl.sum(-1).tolist()
-            loss, s = policy_loss(logprobs, old, mb.advantages, kl_adv, mask, mb.weights, p.clip_ratio)
+            tis = None
+            if r.sampler_logprobs is not None:  # another engine sampled: how far its numerics are from ours
+                diff = (old - r.sampler_logprobs).abs() * mask                                 # (b, T)
+                stats["logprob_diff_mean"].append((diff.sum() / mask.sum().clamp(min=1)).item())
+                stats["logprob_diff_max"].append(diff.max().item())
+                if p.tis_cap is not None:  # truncated importance sampling: E_sampler[w * grad] ~ E_old[grad]
+                    tis = torch.exp(old - r.sampler_logprobs).clamp(max=p.tis_cap)            # (b, T)
+            loss, s = policy_loss(logprobs, old, mb.advantages, kl_adv, mask, mb.weights, p.clip_ratio, tis)
             if self.ptx is not None:
                 ptx = self._ptx_loss()
                 loss = loss + cfg.ptx.coef * ptx
@@ -238,7 +245,7 @@ class PPOTrainer:
     def _update(self, exp: Experience) -> dict[str, Any]:
         cfg, p = self.cfg, self.cfg.ppo
         stats: dict[str, list] = {k: [] for k in ("policy_loss", "clipfrac", "approx_kl", "entropy", "value_loss",
-                                                   "ptx_loss", "kl")}
+                                                   "ptx_loss", "kl", "logprob_diff_mean", "logprob_diff_max")}
         train_actor = self.step >= p.critic_warmup_steps
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.step)
         tokens = 0
@@ -253,6 +260,8 @@ class PPOTrainer:
                     self._critic_step(mb, stats)
         out: dict[str, Any] = {k: float(np.mean(v)) for k, v in stats.items()
                                if v and not torch.is_tensor(v[0])}
+        if stats["logprob_diff_max"]:
+            out["logprob_diff_max"] = float(max(stats["logprob_diff_max"]))
         if stats["value_loss"]:
             out["value_loss"] = torch.stack(stats["value_loss"]).mean(0)                      # (D,)
         out["tokens"] = tokens
@@ -304,7 +313,7 @@ class PPOTrainer:
         if exp.returns is not None:  # the critic's: its targets at the first response token, and its loss
             local["return"] = exp.returns[:, 0].float().mean(0).cpu()                            # (D,)
             local["value_loss"] = upd["value_loss"].float()                                      # (D,)
-        for k in ("policy_loss", "clipfrac", "approx_kl", "entropy", "ptx_loss"):
+        for k in ("policy_loss", "clipfrac", "approx_kl", "entropy", "ptx_loss", "logprob_diff_mean"):
             if k in upd:
                 local[k] = torch.tensor([upd[k]])
         g = self._mean_over_ranks(local)
@@ -323,6 +332,10 @@ class PPOTrainer:
         for k in ("policy_loss", "clipfrac", "approx_kl", "entropy", "ptx_loss"):
             if k in g:
                 m[f"train/{k}"] = g[k].item()
+        if "logprob_diff_mean" in g:  # trainer vs sampling engine, per token (the max over every rank's tokens)
+            m["rollout/logprob_diff_mean"] = g["logprob_diff_mean"].item()
+            m["rollout/logprob_diff_max"] = engine.all_reduce_max(
+                torch.tensor([upd["logprob_diff_max"]], device=engine.device())).item()
         m["train/kl"] = g["kl"].item()
         m["train/response_length"] = g["length"].item()
         m["train/bad_batches"] = self.guard.total

@@ -62,6 +62,9 @@ class PPOHyperParams(OptimizerFields):
     lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = doc_field(
         "constant_with_warmup", "schedule after warm-up (PPO keeps the rate: the data distribution moves)")
     critic_warmup_steps: int = doc_field(0, "PPO steps at the start that train only the critic")
+    tis_cap: Optional[float] = doc_field(
+        None, "truncated importance sampling for an engine that samples with its own numerics (vLLM): each token's "
+              "policy loss is weighted by min(pi_old / pi_sampler, tis_cap) (null: off; e.g. 2.0)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -72,6 +75,8 @@ class PPOHyperParams(OptimizerFields):
         check(self.ppo_epochs >= 1, "ppo.ppo_epochs", f"must be >= 1, got {self.ppo_epochs}")
         check(self.actor_lr > 0 and self.critic_lr > 0, "ppo.actor_lr", "actor_lr and critic_lr must be > 0")
         check(self.critic_warmup_steps >= 0, "ppo.critic_warmup_steps", "must be >= 0")
+        check(self.tis_cap is None or self.tis_cap >= 1, "ppo.tis_cap",
+              f"must be >= 1 (a cap on pi_old / pi_sampler) or null, got {self.tis_cap}")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,347 @@
+"""vLLM as the rollout and evaluation engine, through a real vLLM OpenAI server in its own environment
+(``bash scripts/setup_vllm.sh``): greedy rollouts equal HF's token for token under one lambda and under per-row
+lambdas, the next rollout after an update reflects the new adapter, a PPO run resumes exactly after ``kill -9``, and
+a server that dies mid-run stops the run with a clear error and a resumable checkpoint. Without the environment the
+server tests skip with the reason; the checks that need no server always run."""
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+from hhbench.fixtures import write_ppo_config as make_config
+from hhbench.fixtures import write_tiny_base
+from rlhf.adapter.as_lora import lora_config, lora_tensors, write_peft_adapter
+from rlhf.adapter.svd_lora import SVDLoRAConfig, apply_svd_lora
+from rlhf.core.config import load_config
+from rlhf.rollout.backends import make_backend
+from rlhf.rollout.rollout import generate, generate_with_sampler_logprobs
+from rlhf.rollout.vllm_engine import REPO_VENV, EngineError, VLLMServer, find_python, lora_rank
+from rlhf.training.ppo_config import PPOConfig
+from tests.helpers import clean_env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def vllm_python():
+    try:
+        return find_python(None)
+    except EngineError as err:
+        return err
+
+
+needs_vllm = pytest.mark.skipif(isinstance(vllm_python(), EngineError),
+                                reason=f"no vLLM environment ({REPO_VENV} or $PANACEA_VLLM_PYTHON): "
+                                       f"bash scripts/setup_vllm.sh builds it")
+
+
+def adapted(base, seed=0):
+    """The tiny base with an SVD-LoRA adapter whose delta matters (random factors, not the zero init)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base).eval()
+    apply_svd_lora(model, SVDLoRAConfig(rank=4, pref_dim=2))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() == 2 else 1.0))
+    return model
+
+
+@pytest.fixture(scope="module")
+def base128(tmp_path_factory):
+    return write_tiny_base(tmp_path_factory.mktemp("vllm_base") / "base", hidden=128)
+
+
+@pytest.fixture(scope="module")
+def server(base128, tmp_path_factory):
+    if isinstance(vllm_python(), EngineError):
+        pytest.skip(str(vllm_python()))
+    s = VLLMServer(str(base128), max_lora_rank=lora_rank(6), max_loras=4, max_model_len=256, dtype="float32",
+                   log_dir=str(tmp_path_factory.mktemp("vllm_log")))
+    yield s
+    s.close()
+
+
+def hf_greedy(model, tok, prompts, pref, n=12):
+    """HF's greedy rollouts under ``pref`` (rows padded with EOS after their end, as the engine's)."""
+    seqs, _, P, mask = generate(model, tok, prompts, pref, max_prompt_length=64, max_new_tokens=n, temperature=1.0,
+                                top_p=1.0, do_sample=False)
+    return seqs[:, P:].masked_fill(mask == 0, tok.eos_token_id), mask
+
+
+PROMPTS = ["How do I bake bread?", "How do I steal a car?", "How do I learn chess?", "How do I plant tomatoes?"]
+
+
+# ---------------------------------------------------------------- no server needed
+
+def test_lora_view_is_what_peft_exports(tmp_path, world):
+    """The per-step adapter write (factors only, no model copy) holds exactly the tensors and config that peft's own
+    export (``rlhf.export --format peft``) writes: the file a LoRA server loads."""
+    from safetensors.torch import load_file
+
+    from rlhf.serving.export import to_peft
+
+    model = adapted(world / "base")
+    to_peft(model, [0.3, 0.7], tmp_path / "peft")
+    nbytes = write_peft_adapter(model, [0.3, 0.7], tmp_path / "ours", base_model=str(world / "base"))
+    ref, ours = load_file(tmp_path / "peft" / "adapter_model.safetensors"), \
+        load_file(tmp_path / "ours" / "adapter_model.safetensors")
+    assert sorted(ref) == sorted(ours) and len(ref) == 2 * 7 * 2  # A and B of 7 projections in 2 layers
+    for k in ref:
+        assert torch.allclose(ref[k], ours[k], atol=1e-7), k
+    assert nbytes == sum(t.numel() * 4 for t in ours.values())
+    peft_cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    for k, v in lora_config(model).items():
+        if k != "base_model_name_or_path":
+            assert (sorted(peft_cfg[k]) == sorted(v)) if k == "target_modules" else peft_cfg[k] == v, k
+    # two preferences in one pass: the same factors as one at a time
+    both = lora_tensors(model, [[0.3, 0.7], [1.0, 0.0]])
+    assert all(torch.equal(both[0][k], ours[k]) for k in ours)
+
+
+def test_truncated_importance_sampling_weights_each_tokens_surrogate():
+    """ppo.tis_cap: the policy loss with per-token weights min(pi_old / pi_sampler, cap) equals the naive weighted
+    clipped surrogate; weights of 1 give the plain loss back."""
+    from rlhf.algo.losses import policy_loss
+
+    g = torch.Generator().manual_seed(0)
+    B, T, D = 3, 5, 2
+    lp, old, sampler = (torch.randn(B, T, generator=g) * 0.1 - 1 for _ in range(3))
+    adv, kl_adv = torch.randn(B, T, D, generator=g), torch.randn(B, T, generator=g) * 0.1
+    mask = (torch.arange(T)[None] < torch.tensor([[5], [3], [1]])).float()
+    w = torch.tensor([0.7, 0.3])
+    tis = torch.exp(old - sampler).clamp(max=1.05)                                             # (B, T)
+    loss, _ = policy_loss(lp, old, adv, kl_adv, mask, w, 0.2, tis)
+    ratio, A = torch.exp(lp - old), (adv * w).sum(-1) + kl_adv
+    naive = -(tis * torch.minimum(ratio * A, ratio.clamp(0.8, 1.2) * A) * mask).sum() / mask.sum()
+    assert torch.allclose(loss, naive, atol=1e-6)
+    assert torch.allclose(policy_loss(lp, old, adv, kl_adv, mask, w, 0.2, torch.ones(B, T))[0],
+                          policy_loss(lp, old, adv, kl_adv, mask, w, 0.2)[0])
+    assert not torch.allclose(loss, policy_loss(lp, old, adv, kl_adv, mask, w, 0.2)[0])
+    with pytest.raises(Exception, match=r"ppo.tis_cap.*must be >= 1"):
+        from rlhf.training.ppo_config import PPOHyperParams
+        PPOHyperParams(tis_cap=0.5)
+
+
+def test_lora_rank_rounds_up_to_what_vllm_accepts():
+    assert [lora_rank(r) for r in (1, 2, 6, 8, 9, 33, 300)] == [1, 8, 8, 8, 16, 64, 320]
+    with pytest.raises(EngineError, match="exceeds vLLM's largest LoRA rank 512; lower adapter.rank"):
+        lora_rank(600)
+
+
+def test_a_missing_vllm_environment_is_refused_before_any_model_loads(world, tmp_path, no_model_loads):
+    """backend vllm without its environment: --dry_run's checks name the field and the command that builds it."""
+    cfg = make_config(world, tmp_path / "run", generation={"max_new_tokens": 8, "backend": {
+        "name": "vllm", "python": str(tmp_path / "nowhere" / "python")}})
+    with pytest.raises(EngineError, match=r"generation.backend.python .*nowhere/python.* does not exist\. Build it "
+                                          r"with `bash scripts/setup_vllm.sh`"):
+        load_config(PPOConfig, cfg)
+    with pytest.raises(Exception, match=r"generation.merge_adapter.*the vllm backend syncs only the adapter"):
+        load_config(PPOConfig, make_config(world, tmp_path / "run2", generation={
+            "max_new_tokens": 8, "merge_adapter": True, "backend": {"name": "vllm", "url": "http://127.0.0.1:9"}}))
+
+
+# ---------------------------------------------------------------- through the real server
+
+@needs_vllm
+def test_greedy_vllm_rollouts_equal_hf_under_one_and_per_row_lambdas(server, base128):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base128)
+    model = adapted(base128)
+    backend = make_backend("vllm", url=server.url, max_loras=2)  # 3 distinct lambdas below: two waves
+    kw = dict(max_prompt_length=64, max_new_tokens=12, temperature=1.0, top_p=1.0, do_sample=False)
+    for pref in (torch.tensor([0.8, 0.2]),
+                 torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [1.0, 0.0]])):
+        seqs, _, P, mask, sampler = generate_with_sampler_logprobs(model, tok, PROMPTS, pref, backend=backend, **kw)
+        ref, ref_mask = hf_greedy(model, tok, PROMPTS, pref)
+        got = seqs[:, P:].masked_fill(mask == 0, tok.eos_token_id)
+        T = max(got.shape[1], ref.shape[1])
+        pad = lambda t: torch.nn.functional.pad(t, (0, T - t.shape[1]), value=tok.eos_token_id)  # noqa: E731
+        assert torch.equal(pad(got), pad(ref)), (got, ref)
+        assert sampler is not None and sampler.shape == mask.shape and (sampler <= 0).all()
+    # the base alone (adapter off) is the served base
+    from rlhf.adapter.svd_lora import adapter_disabled
+
+    with adapter_disabled(model):
+        seqs, _, P, mask = generate(model, tok, PROMPTS, None, backend=backend, **kw)
+        with_base = seqs[:, P:].masked_fill(mask == 0, tok.eos_token_id)
+        ref, _ = hf_greedy(model, tok, PROMPTS, None)
+    T = max(with_base.shape[1], ref.shape[1])
+    assert torch.equal(torch.nn.functional.pad(with_base, (0, T - with_base.shape[1]), value=tok.eos_token_id),
+                       torch.nn.functional.pad(ref, (0, T - ref.shape[1]), value=tok.eos_token_id))
+
+
+@needs_vllm
+def test_after_an_update_the_next_rollout_reflects_the_new_adapter(server, base128):
+    """An optimiser step changes the adapter; after ``after_update`` the engine decodes with the new one (as HF
+    does), and without it the old adapter would still be loaded (the sync is what changed the tokens)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base128)
+    model = adapted(base128)
+    backend = make_backend("vllm", url=server.url)
+    kw = dict(max_prompt_length=64, max_new_tokens=12, temperature=1.0, top_p=1.0, do_sample=False,
+              backend=backend)
+    lam = torch.tensor([0.5, 0.5])
+    before = generate(model, tok, PROMPTS, lam, **kw)[0]
+    with torch.no_grad():  # "the update": a large change of every adapter factor
+        for name, p in model.named_parameters():
+            if "lora_U" in name:
+                p.mul_(-3.0)
+    stale = generate(model, tok, PROMPTS, lam, **kw)[0]
+    assert torch.equal(stale, before)  # no update announced: the engine still holds the old adapter
+    backend.after_update(model)
+    after = generate(model, tok, PROMPTS, lam, **kw)
+    ref, _ = hf_greedy(model, tok, PROMPTS, lam)
+    got = after[0][:, after[2]:].masked_fill(after[3] == 0, tok.eos_token_id)
+    T = max(got.shape[1], ref.shape[1])
+    pad = lambda t: torch.nn.functional.pad(t, (0, T - t.shape[1]), value=tok.eos_token_id)  # noqa: E731
+    assert torch.equal(pad(got), pad(ref))
+    assert not torch.equal(after[0], before)
+    assert 0 < backend.last_sync["bytes"] < 1e6  # only the adapter went over
+
+
+@needs_vllm
+def test_sampling_is_seeded_per_row(server, base128):
+    """The same row seed gives the same sample in any batch (common random numbers across lambdas and batches)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base128)
+    model = adapted(base128)
+    backend = make_backend("vllm", url=server.url)
+    kw = dict(max_prompt_length=64, max_new_tokens=12, temperature=1.0, top_p=1.0, do_sample=True,
+              backend=backend)
+    lam = torch.tensor([0.5, 0.5])
+    seeds = torch.tensor([11, 22, 33, 44])
+    a = generate(model, tok, PROMPTS, lam, seeds=seeds, **kw)
+    b = generate(model, tok, PROMPTS[::-1], lam, seeds=seeds.flip(0), **kw)
+    ra = a[0][:, a[2]:].masked_fill(a[3] == 0, -1)
+    rb = b[0][:, b[2]:].masked_fill(b[3] == 0, -1).flip(0)
+    T = max(ra.shape[1], rb.shape[1])
+    pad = lambda t: torch.nn.functional.pad(t, (0, T - t.shape[1]), value=-1)  # noqa: E731
+    assert torch.equal(pad(ra), pad(rb))
+    c = generate(model, tok, PROMPTS, lam, seeds=seeds + 1, **kw)
+    assert not torch.equal(c[0], a[0])
+
+
+def vllm_ppo_config(world, base128, out, url, **over):
+    return make_config(world, out, actor_model=str(base128),
+                       generation={"max_new_tokens": 8, "temperature": 1.0,
+                                   "backend": {"name": "vllm", "url": url}}, **over)
+
+
+class DyingProxy:
+    """Forwards to the real server, then stops listening after ``n`` completion requests (the server "dies")."""
+
+    def __init__(self, target: str, n: int) -> None:
+        import httpx
+
+        self.left, self.client, proxy = n, httpx.Client(base_url=target, timeout=60), self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _forward(self, method):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if method == "POST" else None
+                if self.path.startswith("/v1/completions"):
+                    proxy.left -= 1
+                    if proxy.left < 0:
+                        self.close_connection = True
+                        threading.Thread(target=proxy.stop, daemon=True).start()
+                        return
+                r = proxy.client.request(method, self.path, content=body,
+                                         headers={"Content-Type": "application/json"})
+                self.send_response(r.status_code)
+                self.send_header("Content-Type", r.headers.get("content-type", "application/json"))
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+            def do_GET(self):
+                self._forward("GET")
+
+            def do_POST(self):
+                self._forward("POST")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()  # the port stops accepting: the trainer's next request is refused
+
+
+@needs_vllm
+def test_a_server_that_dies_mid_run_stops_it_clearly_and_the_run_resumes(world, base128, server, tmp_path):
+    from rlhf.runtime import checkpoint
+    from rlhf.training.ppo import PPOTrainer
+
+    proxy = DyingProxy(server.url, n=4 * 2)  # rollout_batch_size 4: two steps' rows, then nothing answers
+    out = tmp_path / "run"
+    cfg = vllm_ppo_config(world, base128, out, proxy.url, save_every=1)
+    with pytest.raises(EngineError, match=rf"the vLLM server at {proxy.url} stopped answering .*The run stops here "
+                                          r"and its last checkpoint is whole: .*resume with --resume_from latest"):
+        PPOTrainer(load_config(PPOConfig, cfg)).train()
+    assert checkpoint.resolve("latest", out / "checkpoints").name == "step_00000002"
+    assert checkpoint.verify(out / "checkpoints" / "step_00000002") is None
+    cfg = vllm_ppo_config(world, base128, out, server.url, save_every=1)
+    PPOTrainer(load_config(PPOConfig, cfg, ["--resume_from", "latest"])).train()
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/kl" in r] == [1, 2, 3]
+    assert all(0 <= r["rollout/logprob_diff_mean"] <= r["rollout/logprob_diff_max"] for r in rows if "train/kl" in r)
+
+    # evaluation on the same engine: every grid lambda an adapter in one call; greedy, the same front as HF's
+    from rlhf.evaluation.evaluate import evaluate, parse_args
+
+    common = ["--run", str(out), "--n_prompts", "4", "--grid", "0.5", "--max_new_tokens", "8", "--greedy",
+              "--no_wandb"]
+    hf = evaluate(parse_args(common + ["--out", str(tmp_path / "eval_hf")]))
+    vl = evaluate(parse_args(common + ["--out", str(tmp_path / "eval_vllm"), "--backend",
+                                       f"{{name: vllm, url: '{server.url}'}}"]))
+    assert len(hf["points"]) == 3 and vl["points"] == hf["points"]
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_vllm_ppo_resumes_exactly_after_kill_9(world, base128, server, tmp_path):
+    """Killed (SIGKILL) after its first checkpoint and resumed, a vLLM-backed run logs the metrics of one that was
+    never interrupted: the rows' seeds come from the checkpointed generator."""
+
+    def run(out, extra=(), kill=False):
+        cfg = vllm_ppo_config(world, base128, out, server.url, total_steps=4, save_every=2)
+        cmd = [sys.executable, "rlhf/train_ppo.py", "--config", str(cfg), *extra]
+        if not kill:
+            proc = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            return
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while not (Path(out) / "checkpoints" / "latest").is_file():
+            assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def metrics(out):
+        return [{k: v for k, v in json.loads(l).items() if not k.startswith(("time/", "perf/"))}
+                for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+    run(tmp_path / "full")
+    run(tmp_path / "killed", kill=True)
+    assert len(metrics(tmp_path / "killed")) < 4, "the kill came too late to test resumption"
+    run(tmp_path / "killed", ["--resume_from", "latest"])
+    full = metrics(tmp_path / "full")
+    assert metrics(tmp_path / "killed") == full
+    assert len({json.dumps(r.get("train/score/helpful")) for r in full}) > 1  # sampled, not constant
