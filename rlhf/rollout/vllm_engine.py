@@ -91,7 +91,7 @@ class VLLMServer:
                  max_model_len: Optional[int] = None, dtype: str = "auto", seed: int = 0,
                  memory_fraction: float = 0.3, kv_cache_gib: float = 1.0, startup_timeout_s: float = 300.0,
                  request_timeout_s: float = 300.0, extra_args: tuple[str, ...] = (), concurrency: int = 64,
-                 log_dir: Optional[str] = None) -> None:
+                 chunked_prefill: bool = False, log_dir: Optional[str] = None) -> None:
         import httpx
 
         self.model, self.max_loras, self.concurrency = model, max_loras, concurrency
@@ -109,6 +109,9 @@ class VLLMServer:
                 cmd += ["--tokenizer", tokenizer]
             if max_model_len:
                 cmd += ["--max-model-len", str(max_model_len)]
+            if not chunked_prefill:  # whole prompts per step: vLLM 0.32's CPU build crashes on a seeded request
+                # whose prefill is split ("CPU Generator does not use offset"); a step must then hold a whole prompt
+                cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(8192, max_model_len or 0))]
             env = dict(os.environ, VLLM_ALLOW_RUNTIME_LORA_UPDATING="True",
                        VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", f"{kv_cache_gib:g}"))
             log_dir_path = Path(log_dir or tempfile.gettempdir())
@@ -232,29 +235,30 @@ class VLLMBackend:
             if not base or not (Path(base).exists() or "/" in base):
                 raise EngineError("the vLLM backend needs the policy loaded from a path or hub name (its "
                                   "config._name_or_path), which the engine loads as the base")
-            self.server = VLLMServer(base, max_lora_rank=lora_rank(r), **self.settings)
+            settings = dict(self.settings)
+            settings["max_model_len"] = settings.get("max_model_len") or getattr(
+                model.config.get_text_config(), "max_position_embeddings", None)
+            self.server = VLLMServer(base, max_lora_rank=lora_rank(r), **settings)
             self.sync_dir = Path(tempfile.mkdtemp(prefix=f"panacea_vllm_sync_rank{engine.rank()}_"))
             atexit.register(shutil.rmtree, self.sync_dir, True)
             self.lora_config = lora_config(model, base) if layers else None
         return self.server
 
-    def _names(self, model: nn.Module, B: int) -> tuple[list[str], list[tuple[float, ...]]]:
-        """Each row's served model, and the distinct lambdas to sync (in first-seen order)."""
+    def _row_lambdas(self, model: nn.Module, B: int) -> list[Optional[tuple[float, ...]]]:
+        """Each row's lambda as the adapter's scoped state says (None: the base alone, adapter off)."""
         layers = [m for _, m in svd_lora_layers(model)]
         if not layers:
-            return [BASE_NAME] * B, []
+            return [None] * B
         state = layers[0].state
         if state.merged is not None:
             raise EngineError("the vLLM backend syncs the adapter, not merged weights: set "
                               "generation.merge_adapter: false")
         if state.disabled:
-            return [BASE_NAME] * B, []
+            return [None] * B
         if state.preference is None:
             raise PreferenceError("no preference set: the vLLM backend decodes under the adapter's current lambda")
-        pref = state.preference.detach().float().cpu()
-        rows = [tuple(pref.tolist())] * B if pref.dim() == 1 else [tuple(p) for p in pref.tolist()]   # B x (D,)
-        distinct = list(dict.fromkeys(rows))
-        return [f"lambda:{distinct.index(r)}" for r in rows], distinct
+        pref = state.preference.detach().float().cpu()                                        # (D,) or (B, D)
+        return [tuple(pref.tolist())] * B if pref.dim() == 1 else [tuple(p) for p in pref.tolist()]
 
     def _sync(self, model: nn.Module, wave: list[tuple[float, ...]]) -> dict[tuple[float, ...], str]:
         """Load the wave's lambdas into slots 0..len-1 (only the ones whose slot holds another lambda or an older
@@ -285,22 +289,22 @@ class VLLMBackend:
         """(B, P+T) sequences (responses padded with EOS after their end) and (B, T) the sampler's token log-probs."""
         server = self._start(model)
         B, P = input_ids.shape
-        names, distinct = self._names(model, B)
+        lams = self._row_lambdas(model, B)
+        distinct = list(dict.fromkeys(lam for lam in lams if lam is not None))  # first-seen order
         if do_sample and seeds is None:  # from the checkpointed global generator: a resumed run draws the same
             seeds = torch.randint(0, 2 ** 31 - 1, (B,))
         prompts = [ids[m.bool()].tolist() for ids, m in zip(input_ids.cpu(), attention_mask.cpu())]
         self.last_sync = {"seconds": 0.0, "bytes": 0.0}
-        waves = [distinct[i:i + server.max_loras] for i in range(0, len(distinct), server.max_loras)] or [[]]
+        # rows of the base first (no adapter needed), then waves of at most max_loras distinct lambdas
+        waves = [[]] + [distinct[i:i + server.max_loras] for i in range(0, len(distinct), server.max_loras)]
         results: list[Optional[tuple[list[int], list[float]]]] = [None] * B
         for wave in waves:
-            served = self._sync(model, wave) if wave else {}
-            rows = [i for i in range(B) if names[i] == BASE_NAME or distinct[int(names[i].split(":")[1])] in served]
-            rows = [i for i in rows if results[i] is None]
+            served = self._sync(model, wave) if wave else {None: BASE_NAME}
             futures = {i: server.pool.submit(
-                server.complete, BASE_NAME if names[i] == BASE_NAME else served[distinct[int(names[i].split(":")[1])]],
-                prompts[i], max_tokens=max_new_tokens, temperature=temperature if do_sample else 0.0,
-                top_p=top_p if do_sample else 1.0, seed=None if seeds is None else int(seeds[i]) & 0x7FFFFFFF,
-                eos_token_id=eos_token_id) for i in rows}
+                server.complete, served[lams[i]], prompts[i], max_tokens=max_new_tokens,
+                temperature=temperature if do_sample else 0.0, top_p=top_p if do_sample else 1.0,
+                seed=None if seeds is None else int(seeds[i]) & 0x7FFFFFFF, eos_token_id=eos_token_id)
+                for i in range(B) if lams[i] in served}
             for i, f in futures.items():
                 results[i] = f.result()
         T = max(1, max(len(r[0]) for r in results if r is not None))
