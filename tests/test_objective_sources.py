@@ -2,9 +2,6 @@
 in evaluation and in the in-training front; a failing server stops a run with the documented error and loses
 nothing; a run with a function objective resumes exactly."""
 import json
-import signal
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +17,7 @@ from rlhf.scoring.objectives import (OBJECTIVES, FunctionObjective, FunctionSour
                                      UrlSource, extra_scorer, load_function)
 from rlhf.scoring.scorer import Scorer
 from rlhf.training.ppo_config import PPOConfig
-from tests.helpers import clean_env
+from tests.helpers import run_ppo_cli, untimed_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = "tests.test_objective_sources"
@@ -303,28 +300,13 @@ def test_sigkill_then_resume_is_exact_with_a_function_objective(world, tmp_path,
     metrics as one that was never interrupted."""
 
     def run(out, extra=(), kill=False):
-        cfg = make_config(world, out, total_steps=4, save_every=2, prompts={"path": str(echo_prompts)},
-                          objectives=[{"name": "length", "function": f"{HERE}:echo_words", "normalize": True},
-                                      {"name": "short", "function": f"{HERE}:words", "kind": "cost"}])
-        cmd = [sys.executable, "rlhf/train_ppo.py", "--config", str(cfg), *extra]
-        if not kill:
-            proc = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=600)
-            assert proc.returncode == 0, proc.stderr[-3000:]
-            return
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 300
-        while not (Path(out) / "checkpoints" / "latest").is_file():
-            assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-
-    def metrics(out):
-        return [{k: v for k, v in json.loads(l).items() if not k.startswith(("time/", "perf/"))}
-                for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+        run_ppo_cli(make_config(world, out, total_steps=4, save_every=2, prompts={"path": str(echo_prompts)},
+                                objectives=[{"name": "length", "function": f"{HERE}:echo_words", "normalize": True},
+                                            {"name": "short", "function": f"{HERE}:words", "kind": "cost"}]),
+                    extra, kill)
 
     run(tmp_path / "full")
     run(tmp_path / "killed", kill=True)
-    assert len(metrics(tmp_path / "killed")) < 4, "the kill came too late to test resumption"
+    assert len(untimed_metrics(tmp_path / "killed")) < 4, "the kill came too late to test resumption"
     run(tmp_path / "killed", ["--resume_from", "latest"])
-    assert metrics(tmp_path / "killed") == metrics(tmp_path / "full")
+    assert untimed_metrics(tmp_path / "killed") == untimed_metrics(tmp_path / "full")

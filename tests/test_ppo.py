@@ -1,9 +1,7 @@
 """PPO end to end on tiny models: in-process (world size 1) and through the deepspeed launcher."""
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from rlhf.runtime import checkpoint
 from rlhf.runtime.paths import PathCheckError
 from rlhf.scoring.scorer import NonFiniteScoresError
 from rlhf.training.ppo_config import PPOConfig
-from tests.helpers import clean_env
+from tests.helpers import clean_env, run_ppo_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -184,19 +182,8 @@ def test_sigkill_then_resume_logs_the_same_metrics(world, tmp_path, estimator):
              "max_prompt_length": 64}  # the in-training front: its schedule and reference point survive the kill
 
     def run(out, extra=(), kill_after_checkpoint=False):
-        cfg = make_config(world, out, total_steps=4, save_every=2, eval=front, **group)
-        cmd = [sys.executable, "rlhf/train_ppo.py", "--config", str(cfg), *extra]
-        if not kill_after_checkpoint:
-            proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
-            assert proc.returncode == 0, proc.stderr[-3000:]
-            return
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 300
-        while not (Path(out) / "checkpoints" / "latest").is_file():
-            assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        run_ppo_cli(make_config(world, out, total_steps=4, save_every=2, eval=front, **group), extra,
+                    kill_after_checkpoint)
 
     run(tmp_path / "full")
     run(tmp_path / "killed", kill_after_checkpoint=True)

@@ -4,11 +4,7 @@ lambdas, the next rollout after an update reflects the new adapter, a PPO run re
 a server that dies mid-run stops the run with a clear error and a resumable checkpoint. Without the environment the
 server tests skip with the reason; the checks that need no server always run."""
 import json
-import signal
-import subprocess
-import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -24,7 +20,7 @@ from rlhf.rollout.backends import make_backend
 from rlhf.rollout.rollout import generate, generate_with_sampler_logprobs
 from rlhf.rollout.vllm_engine import REPO_VENV, EngineError, VLLMServer, find_python, lora_rank
 from rlhf.training.ppo_config import PPOConfig
-from tests.helpers import clean_env
+from tests.helpers import run_ppo_cli, untimed_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,6 +71,20 @@ def hf_greedy(model, tok, prompts, pref, n=12):
     seqs, _, P, mask = generate(model, tok, prompts, pref, max_prompt_length=64, max_new_tokens=n, temperature=1.0,
                                 top_p=1.0, do_sample=False)
     return seqs[:, P:].masked_fill(mask == 0, tok.eos_token_id), mask
+
+
+def same_tokens(a, b, fill):
+    """Two (B, T?) token tensors equal once both are padded with ``fill`` to one length (an engine may stop its
+    batch earlier than another when every row has ended)."""
+    T = max(a.shape[1], b.shape[1])
+    pad = lambda t: torch.nn.functional.pad(t, (0, T - t.shape[1]), value=fill)  # noqa: E731
+    return torch.equal(pad(a), pad(b))
+
+
+def responses(out, fill):
+    """The response tokens of ``generate``'s result, ``fill`` after each row's end."""
+    seqs, _, P, mask = out[:4]
+    return seqs[:, P:].masked_fill(mask == 0, fill)
 
 
 PROMPTS = ["How do I bake bread?", "How do I steal a car?", "How do I learn chess?", "How do I plant tomatoes?"]
@@ -161,23 +171,18 @@ def test_greedy_vllm_rollouts_equal_hf_under_one_and_per_row_lambdas(server, bas
     kw = dict(max_prompt_length=64, max_new_tokens=12, temperature=1.0, top_p=1.0, do_sample=False)
     for pref in (torch.tensor([0.8, 0.2]),
                  torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [1.0, 0.0]])):
-        seqs, _, P, mask, sampler = generate_with_sampler_logprobs(model, tok, PROMPTS, pref, backend=backend, **kw)
-        ref, ref_mask = hf_greedy(model, tok, PROMPTS, pref)
-        got = seqs[:, P:].masked_fill(mask == 0, tok.eos_token_id)
-        T = max(got.shape[1], ref.shape[1])
-        pad = lambda t: torch.nn.functional.pad(t, (0, T - t.shape[1]), value=tok.eos_token_id)  # noqa: E731
-        assert torch.equal(pad(got), pad(ref)), (got, ref)
-        assert sampler is not None and sampler.shape == mask.shape and (sampler <= 0).all()
+        out = generate_with_sampler_logprobs(model, tok, PROMPTS, pref, backend=backend, **kw)
+        ref, _ = hf_greedy(model, tok, PROMPTS, pref)
+        assert same_tokens(responses(out, tok.eos_token_id), ref, tok.eos_token_id)
+        sampler = out[4]
+        assert sampler is not None and sampler.shape == out[3].shape and (sampler <= 0).all()
     # the base alone (adapter off) is the served base
     from rlhf.adapter.svd_lora import adapter_disabled
 
     with adapter_disabled(model):
-        seqs, _, P, mask = generate(model, tok, PROMPTS, None, backend=backend, **kw)
-        with_base = seqs[:, P:].masked_fill(mask == 0, tok.eos_token_id)
+        with_base = responses(generate(model, tok, PROMPTS, None, backend=backend, **kw), tok.eos_token_id)
         ref, _ = hf_greedy(model, tok, PROMPTS, None)
-    T = max(with_base.shape[1], ref.shape[1])
-    assert torch.equal(torch.nn.functional.pad(with_base, (0, T - with_base.shape[1]), value=tok.eos_token_id),
-                       torch.nn.functional.pad(ref, (0, T - ref.shape[1]), value=tok.eos_token_id))
+    assert same_tokens(with_base, ref, tok.eos_token_id)
 
 
 @needs_vllm
@@ -202,10 +207,7 @@ def test_after_an_update_the_next_rollout_reflects_the_new_adapter(server, base1
     backend.after_update(model)
     after = generate(model, tok, PROMPTS, lam, **kw)
     ref, _ = hf_greedy(model, tok, PROMPTS, lam)
-    got = after[0][:, after[2]:].masked_fill(after[3] == 0, tok.eos_token_id)
-    T = max(got.shape[1], ref.shape[1])
-    pad = lambda t: torch.nn.functional.pad(t, (0, T - t.shape[1]), value=tok.eos_token_id)  # noqa: E731
-    assert torch.equal(pad(got), pad(ref))
+    assert same_tokens(responses(after, tok.eos_token_id), ref, tok.eos_token_id)
     assert not torch.equal(after[0], before)
     assert 0 < backend.last_sync["bytes"] < 1e6  # only the adapter went over
 
@@ -224,11 +226,7 @@ def test_sampling_is_seeded_per_row(server, base128):
     seeds = torch.tensor([11, 22, 33, 44])
     a = generate(model, tok, PROMPTS, lam, seeds=seeds, **kw)
     b = generate(model, tok, PROMPTS[::-1], lam, seeds=seeds.flip(0), **kw)
-    ra = a[0][:, a[2]:].masked_fill(a[3] == 0, -1)
-    rb = b[0][:, b[2]:].masked_fill(b[3] == 0, -1).flip(0)
-    T = max(ra.shape[1], rb.shape[1])
-    pad = lambda t: torch.nn.functional.pad(t, (0, T - t.shape[1]), value=-1)  # noqa: E731
-    assert torch.equal(pad(ra), pad(rb))
+    assert same_tokens(responses(a, -1), responses(b, -1).flip(0), -1)
     c = generate(model, tok, PROMPTS, lam, seeds=seeds + 1, **kw)
     assert not torch.equal(c[0], a[0])
 
@@ -320,28 +318,12 @@ def test_vllm_ppo_resumes_exactly_after_kill_9(world, base128, server, tmp_path)
     never interrupted: the rows' seeds come from the checkpointed generator."""
 
     def run(out, extra=(), kill=False):
-        cfg = vllm_ppo_config(world, base128, out, server.url, total_steps=4, save_every=2)
-        cmd = [sys.executable, "rlhf/train_ppo.py", "--config", str(cfg), *extra]
-        if not kill:
-            proc = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=600)
-            assert proc.returncode == 0, proc.stderr[-3000:]
-            return
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 300
-        while not (Path(out) / "checkpoints" / "latest").is_file():
-            assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-
-    def metrics(out):
-        return [{k: v for k, v in json.loads(l).items() if not k.startswith(("time/", "perf/"))}
-                for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+        run_ppo_cli(vllm_ppo_config(world, base128, out, server.url, total_steps=4, save_every=2), extra, kill)
 
     run(tmp_path / "full")
     run(tmp_path / "killed", kill=True)
-    assert len(metrics(tmp_path / "killed")) < 4, "the kill came too late to test resumption"
+    assert len(untimed_metrics(tmp_path / "killed")) < 4, "the kill came too late to test resumption"
     run(tmp_path / "killed", ["--resume_from", "latest"])
-    full = metrics(tmp_path / "full")
-    assert metrics(tmp_path / "killed") == full
+    full = untimed_metrics(tmp_path / "full")
+    assert untimed_metrics(tmp_path / "killed") == full
     assert len({json.dumps(r.get("train/score/helpful")) for r in full}) > 1  # sampled, not constant
