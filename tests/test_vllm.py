@@ -66,6 +66,14 @@ def server(base128, tmp_path_factory):
     s.close()
 
 
+@pytest.fixture
+def policy(base128):
+    """(tokenizer, the adapted tiny policy) on the server's base."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(base128), adapted(base128)
+
+
 def hf_greedy(model, tok, prompts, pref, n=12):
     """HF's greedy rollouts under ``pref`` (rows padded with EOS after their end, as the engine's)."""
     seqs, _, P, mask = generate(model, tok, prompts, pref, max_prompt_length=64, max_new_tokens=n, temperature=1.0,
@@ -162,11 +170,8 @@ def test_a_missing_vllm_environment_is_refused_before_any_model_loads(world, tmp
 # ---------------------------------------------------------------- through the real server
 
 @needs_vllm
-def test_greedy_vllm_rollouts_equal_hf_under_one_and_per_row_lambdas(server, base128):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(base128)
-    model = adapted(base128)
+def test_greedy_vllm_rollouts_equal_hf_under_one_and_per_row_lambdas(server, policy):
+    tok, model = policy
     backend = make_backend("vllm", url=server.url, max_loras=2)  # 3 distinct lambdas below: two waves
     kw = dict(max_prompt_length=64, max_new_tokens=12, temperature=1.0, top_p=1.0, do_sample=False)
     for pref in (torch.tensor([0.8, 0.2]),
@@ -186,13 +191,10 @@ def test_greedy_vllm_rollouts_equal_hf_under_one_and_per_row_lambdas(server, bas
 
 
 @needs_vllm
-def test_after_an_update_the_next_rollout_reflects_the_new_adapter(server, base128):
+def test_after_an_update_the_next_rollout_reflects_the_new_adapter(server, policy):
     """An optimiser step changes the adapter; after ``after_update`` the engine decodes with the new one (as HF
     does), and without it the old adapter would still be loaded (the sync is what changed the tokens)."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(base128)
-    model = adapted(base128)
+    tok, model = policy
     backend = make_backend("vllm", url=server.url)
     kw = dict(max_prompt_length=64, max_new_tokens=12, temperature=1.0, top_p=1.0, do_sample=False,
               backend=backend)
@@ -213,12 +215,9 @@ def test_after_an_update_the_next_rollout_reflects_the_new_adapter(server, base1
 
 
 @needs_vllm
-def test_sampling_is_seeded_per_row(server, base128):
+def test_sampling_is_seeded_per_row(server, policy):
     """The same row seed gives the same sample in any batch (common random numbers across lambdas and batches)."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(base128)
-    model = adapted(base128)
+    tok, model = policy
     backend = make_backend("vllm", url=server.url)
     kw = dict(max_prompt_length=64, max_new_tokens=12, temperature=1.0, top_p=1.0, do_sample=True,
               backend=backend)
@@ -229,6 +228,20 @@ def test_sampling_is_seeded_per_row(server, base128):
     assert same_tokens(responses(a, -1), responses(b, -1).flip(0), -1)
     c = generate(model, tok, PROMPTS, lam, seeds=seeds + 1, **kw)
     assert not torch.equal(c[0], a[0])
+
+
+@needs_vllm
+def test_many_long_seeded_rows_decode_without_crashing_the_engine(server, policy):
+    """More prompt tokens in one batch than one engine step holds: with chunked prefill vLLM 0.32's CPU build splits a
+    seeded request's prefill and dies ("CPU Generator does not use offset"); the engine starts the server with whole
+    prompts per step, so every row comes back."""
+    tok, model = policy
+    backend = make_backend("vllm", url=server.url)
+    long = " ".join(["How do I bake bread and plant tomatoes and learn chess?"] * 14)  # ~200 tokens
+    prompts = [f"{i} {long}" for i in range(48)]
+    out = generate(model, tok, prompts, torch.tensor([0.5, 0.5]), max_prompt_length=230, max_new_tokens=4,
+                   temperature=1.0, top_p=1.0, do_sample=True, backend=backend, seeds=torch.arange(48))
+    assert out[0].shape[0] == 48 and int(out[3].sum()) > 0
 
 
 def vllm_ppo_config(world, base128, out, url, **over):
