@@ -225,6 +225,7 @@ class VLLMBackend:
         self.slots: dict[int, tuple[int, tuple[float, ...]]] = {}   # slot -> (version, lambda) it holds
         self.sync_dir: Optional[Path] = None
         self.lora_config: Optional[dict[str, Any]] = None
+        self.gather: Optional[Any] = None
         self.last_sync: dict[str, float] = {}   # seconds and bytes of the last generate's adapter sync
 
     def _start(self, model: nn.Module) -> VLLMServer:
@@ -242,6 +243,8 @@ class VLLMBackend:
             self.sync_dir = Path(tempfile.mkdtemp(prefix=f"panacea_vllm_sync_rank{engine.rank()}_"))
             atexit.register(shutil.rmtree, self.sync_dir, True)
             self.lora_config = lora_config(model, base) if layers else None
+            # ZeRO-3 partitions the adapter's factors: the sync gathers them (and only them); decided once per run
+            self.gather = engine.gathered if any(hasattr(p, "ds_id") for p in model.parameters()) else None
         return self.server
 
     def _row_lambdas(self, model: nn.Module, B: int) -> list[Optional[tuple[float, ...]]]:
@@ -267,9 +270,8 @@ class VLLMBackend:
         assert server is not None and self.sync_dir is not None and self.lora_config is not None
         stale = [(j, lam) for j, lam in enumerate(wave) if self.slots.get(j) != (self.version, lam)]
         t0, nbytes = time.perf_counter(), 0
-        gather = engine.gathered if any(hasattr(p, "ds_id") for p in model.parameters()) else None
         if stale:
-            for (j, lam), tensors in zip(stale, lora_tensors(model, [list(lam) for _, lam in stale], gather)):
+            for (j, lam), tensors in zip(stale, lora_tensors(model, [list(lam) for _, lam in stale], self.gather)):
                 nbytes += save_peft_adapter(tensors, self.lora_config, self.sync_dir / f"slot{j}")
                 server.load_adapter(self._slot_name(j), self.sync_dir / f"slot{j}")
                 self.slots[j] = (self.version, lam)
