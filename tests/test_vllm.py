@@ -167,6 +167,27 @@ def test_a_missing_vllm_environment_is_refused_before_any_model_loads(world, tmp
             "max_new_tokens": 8, "merge_adapter": True, "backend": {"name": "vllm", "url": "http://127.0.0.1:9"}}))
 
 
+def test_the_engine_serves_in_the_policys_precision_unless_told(world, monkeypatch):
+    """With no dtype given the server gets the policy's (here fp32): vLLM's own "auto" would serve an fp32
+    checkpoint in 16 bits, and the sampler would draw from another distribution than PPO's log-probs assume (the
+    quickstart's vLLM runs were 2.5e-3 nats per token apart that way)."""
+    import rlhf.rollout.vllm_engine as ve
+
+    started = []
+
+    class Recorder:
+        def __init__(self, model, **kw):
+            started.append(kw)
+            raise EngineError("recorded")
+
+    monkeypatch.setattr(ve, "VLLMServer", Recorder)
+    model = adapted(world / "base")
+    for given, expected in (({}, "float32"), ({"dtype": "bfloat16"}, "bfloat16"), ({"dtype": "auto"}, "auto")):
+        with pytest.raises(EngineError, match="recorded"):
+            make_backend("vllm", **given)._start(model)
+        assert started[-1]["dtype"] == expected
+
+
 # ---------------------------------------------------------------- through the real server
 
 @needs_vllm
@@ -188,6 +209,31 @@ def test_greedy_vllm_rollouts_equal_hf_under_one_and_per_row_lambdas(server, pol
         with_base = responses(generate(model, tok, PROMPTS, None, backend=backend, **kw), tok.eos_token_id)
         ref, _ = hf_greedy(model, tok, PROMPTS, None)
     assert same_tokens(with_base, ref, tok.eos_token_id)
+
+
+@needs_vllm
+def test_sampled_tokens_log_probs_are_the_trainers(server, policy):
+    """Sampling (temperature 1.2, per-row lambdas) with an adapter that moves the logits: the engine's log-prob of
+    every sampled token equals the trainer's own under the row's lambda, so the rollout is on-policy (greedy equality
+    alone could hide an adapter the engine applies only in part)."""
+    from rlhf.adapter.svd_lora import scoped_preference
+    from rlhf.rollout.rollout import response_logprobs
+
+    tok, model = policy
+    backend = make_backend("vllm", url=server.url)
+    pref = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.2, 0.8]])
+    seqs, mask, P, rmask, sampler = generate_with_sampler_logprobs(
+        model, tok, PROMPTS, pref, max_prompt_length=64, max_new_tokens=16, temperature=1.2, top_p=1.0,
+        do_sample=True, backend=backend, seeds=torch.tensor([1, 2, 3, 4]))
+    T = rmask.shape[1]
+    with scoped_preference(model, pref):
+        ours, _ = response_logprobs(model, seqs, mask, T, 1.2)                                # (B, T)
+    with scoped_preference(model, pref.flip(1)):
+        other, _ = response_logprobs(model, seqs, mask, T, 1.2)                               # (B, T)
+    n = rmask.sum()
+    assert n > 20
+    assert ((ours - sampler).abs() * rmask).sum() / n < 1e-4
+    assert ((ours - other).abs() * rmask).sum() / n > 1e-2  # the preference part of the adapter matters here
 
 
 @needs_vllm

@@ -168,7 +168,9 @@ class VLLMBackendConfig(BackendConfig):
     max_loras: int = doc_field(8, "adapters the server holds at once: a batch with more distinct lambdas decodes in "
                                   "waves of this many")
     max_model_len: Optional[int] = doc_field(None, "the server's context length (null: the model's)")
-    dtype: str = doc_field("auto", "the server's weight dtype (auto: the checkpoint's)")
+    dtype: Optional[str] = doc_field(None, "the server's weight dtype (null: the policy's, so the sampler draws from "
+                                           "the distribution the trainer's log-probs assume; 'auto' is vLLM's own "
+                                           "choice, which serves an fp32 checkpoint in 16 bits)")
     seed: int = doc_field(0, "the server's own seed (rows are sampled with per-row seeds regardless)")
     memory_fraction: float = doc_field(0.3, "--gpu-memory-utilization: the share of accelerator (on CPU: host) memory "
                                             "the server takes; the trainer needs the rest")
