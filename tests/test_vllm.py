@@ -167,6 +167,22 @@ def test_a_missing_vllm_environment_is_refused_before_any_model_loads(world, tmp
             "max_new_tokens": 8, "merge_adapter": True, "backend": {"name": "vllm", "url": "http://127.0.0.1:9"}}))
 
 
+def test_per_sample_lambdas_are_checked_against_max_loras_before_any_model_loads(world, tmp_path, no_model_loads):
+    """preference.per: sample needs one adapter slot per distinct lambda of a rollout batch (a group shares one):
+    more than max_loras is refused naming the field and the fixes; a group estimator's prompts fit."""
+    from rlhf.core.config import ConfigError
+
+    vllm = {"name": "vllm", "url": "http://127.0.0.1:9", "max_loras": 4}
+    over = dict(generation={"max_new_tokens": 8, "merge_adapter": False, "backend": vllm}, rollout_batch_size=8,
+                mini_batch_size=8, preference={"name": "dirichlet", "per": "sample"})
+    with pytest.raises(ConfigError, match=r"generation.backend.max_loras.*is 4, but preference.per: sample draws up "
+                                          r"to 8 distinct lambdas per rollout batch.*set max_loras to at least 8"):
+        load_config(PPOConfig, make_config(world, tmp_path / "run", **over))
+    grouped = load_config(PPOConfig, make_config(world, tmp_path / "run2", **over,
+                                                 advantage={"name": "group", "group_size": 2}))
+    assert grouped.generation.backend.max_loras == 4  # 8 samples of 4 prompts: 4 lambdas, 4 slots
+
+
 def test_the_engine_serves_in_the_policys_precision_unless_told(world, monkeypatch):
     """With no dtype given the server gets the policy's (here fp32): vLLM's own "auto" would serve an fp32
     checkpoint in 16 bits, and the sampler would draw from another distribution than PPO's log-probs assume (the

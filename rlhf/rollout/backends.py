@@ -165,8 +165,9 @@ class VLLMBackendConfig(BackendConfig):
     python: Optional[str] = doc_field(None, "the vLLM environment's python (null: $PANACEA_VLLM_PYTHON, else the "
                                             "repository's .venv-vllm built by scripts/setup_vllm.sh)")
     tokenizer: Optional[str] = doc_field(None, "tokenizer the server loads (null: the base model's own)")
-    max_loras: int = doc_field(8, "adapters the server holds at once: a batch with more distinct lambdas decodes in "
-                                  "waves of this many")
+    max_loras: int = doc_field(8, "adapters the server holds at once (--max-loras); PPO with preference.per: "
+                                  "sample needs one per distinct lambda of a rollout batch (checked before any model "
+                                  "loads); an evaluation grid with more lambdas decodes in waves of this many")
     max_model_len: Optional[int] = doc_field(None, "the server's context length (null: the model's)")
     dtype: Optional[str] = doc_field(None, "the server's weight dtype (null: the policy's, so the sampler draws from "
                                            "the distribution the trainer's log-probs assume; 'auto' is vLLM's own "
@@ -197,6 +198,15 @@ class VLLMBackendConfig(BackendConfig):
         check(not getattr(generation, "merge_adapter", False), "generation.merge_adapter",
               "the vllm backend syncs only the adapter to its engine (the base stays loaded there): set "
               "generation.merge_adapter: false")
+        preference, batch = getattr(run_cfg, "preference", None), getattr(run_cfg, "rollout_batch_size", None)
+        if preference is not None and preference.per_row and batch is not None:
+            # per: sample draws one lambda per prompt (a group shares one): each needs an adapter slot of its own
+            per_step = batch // run_cfg.advantage.samples_per_prompt
+            check(per_step <= self.max_loras, "generation.backend.max_loras",
+                  f"is {self.max_loras}, but preference.per: sample draws up to {per_step} distinct lambdas per "
+                  f"rollout batch (rollout_batch_size {batch} / {run_cfg.advantage.samples_per_prompt} samples per "
+                  f"prompt), one adapter each: set max_loras to at least {per_step} (the server must be started "
+                  f"with --max-loras as large), lower rollout_batch_size, or use preference.per: batch")
         if self.url is None:
             find_python(self.python)  # refused here, before any model loads, saying how to build the environment
 
