@@ -2,6 +2,7 @@
 mixed lengths, streaming and not; continuous batching against one request at a time (issue 29).
 
     python benchmarks/serve_load.py --run runs/quickstart/ppo [--clients 16,64] [--requests 4] [--rounds 1]
+                                    [--engine hf|vllm]
 
 Each measurement is its own process (so peak RSS is the server's own): it starts ``rlhf.serve`` on a free localhost
 port in a thread; the clients run in a process of their own, as real clients do (in the server's process their Python
@@ -11,7 +12,8 @@ unloaded TTFT), then ``clients`` threads each send ``--requests`` chat requests 
 sample with their own seed). Batched: ``max_batch_size = clients``; one at a time: ``max_batch_size = 1``. After the
 load every greedy request is sent again alone: its text must equal what it got under load. Reported: throughput
 (completion tokens per wall second), p50 / p99 latency, p50 / p99 time to first token of streamed requests (loaded and
-unloaded), failed requests, greedy answers that differ from their solo text, rows decoded together, peak RSS.
+unloaded), failed requests, greedy answers that differ from their solo text, rows decoded together, peak RSS (of the
+server's Python process: with ``--engine vllm`` the engine's own processes are not in it).
 """
 from __future__ import annotations
 
@@ -108,7 +110,8 @@ def measure(args: argparse.Namespace) -> dict:
     from rlhf.serving.server import ServeConfig, build_app
 
     port = free_port()
-    cfg = ServeConfig(run=args.run, port=port, max_batch_size=args.batch, max_tokens_cap=64, max_queue=1024)
+    cfg = ServeConfig(run=args.run, port=port, max_batch_size=args.batch, max_tokens_cap=64, max_queue=1024,
+                      engine=args.engine)
     app = build_app(cfg)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     threading.Thread(target=server.run, daemon=True).start()
@@ -126,16 +129,18 @@ def measure(args: argparse.Namespace) -> dict:
     clients.join()
     stats = app.state.engine.stats
     server.should_exit = True
+    if hasattr(app.state.engine.batcher, "close"):
+        app.state.engine.batcher.close()
     done, tokens = got["done"], sum(r["tokens"] for r in got["done"])
     ttft = [r["ttft"] for r in done if r["ttft"] is not None]
-    return {"mode": "continuous" if args.batch > 1 else "one_at_a_time", "clients": args.clients,
+    return {"mode": "continuous" if args.batch > 1 else "one_at_a_time", "engine": args.engine, "clients": args.clients,
             "requests": len(done) + len(got["failures"]), "failed": len(got["failures"]),
             "wall_s": round(got["wall"], 2), "completion_tokens": tokens, "tokens_per_s": round(tokens / got["wall"], 1),
             "p50_s": pct([r["latency"] for r in done], 0.5), "p99_s": pct([r["latency"] for r in done], 0.99),
             "ttft_p50_s": pct(ttft, 0.5), "ttft_p99_s": pct(ttft, 0.99),
             "unloaded_ttft_p50_s": pct(got["unloaded"], 0.5), "unloaded_ttft_p99_s": pct(got["unloaded"], 0.99),
             "greedy_checked": got["greedy"], "greedy_differs": got["differs"], "max_rows": stats["max_rows"],
-            "steps": stats["steps"] - stats0["steps"], "server_cpu_s": round(server_cpu, 1),
+            "steps": stats.get("steps", 0) - stats0.get("steps", 0), "server_cpu_s": round(server_cpu, 1),
             "client_cpu_s": round(got["client_cpu"], 1),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
@@ -148,6 +153,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=4, help="requests per client, one after another")
     ap.add_argument("--unloaded", type=int, default=8, help="streamed requests sent alone before the load")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="the server's decoder (serve --engine)")
     ap.add_argument("--batch", type=int, default=None, help="(internal) one measurement with this max_batch_size")
     args = ap.parse_args()
     if args.batch is not None:
@@ -160,13 +166,14 @@ def main() -> None:
             for batch in (clients, 1):
                 cmd = [sys.executable, __file__, "--run", args.run, "--prompts", args.prompts, "--clients",
                        str(clients), "--requests", str(args.requests), "--unloaded", str(args.unloaded),
-                       "--batch", str(batch)]
+                       "--batch", str(batch), "--engine", args.engine]
                 out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
                 line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
                 if not line:
                     raise SystemExit(out.stderr[-3000:])
                 rows.append(json.loads(line[0][7:]))
                 print(json.dumps(rows[-1]), flush=True)
+    print(f"\nengine: {args.engine}")
     print("\n| mode | clients x requests | tokens/s | p50 / p99 latency s | TTFT p50 / p99 s (unloaded p50 / p99) | "
           "failed | greedy differing from solo | rows together | peak RSS MiB |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -102,7 +102,7 @@ def rollout_bench(policy: Path, data: Path, args) -> dict:
         nbytes = save_peft_adapter(lora_tensors(model, [lam])[0], lora_config(model), Path(tmp) / "adapter")
         out["adapter_write"] = {"ms": round(1000 * (time.perf_counter() - t), 1), "bytes": nbytes}
 
-    vl = make_backend("vllm", dtype="float32", max_model_len=512, max_loras=8, kv_cache_gib=2.0)
+    vl = make_backend("vllm", dtype="float32", max_model_len=512, max_loras=8, kv_cache_gib=2)
     t = time.perf_counter()
     timed_generate(model, tok, prompts[:4], lam, vl, 4)  # starts the server, loads the adapter, warms up
     out["vllm_startup_and_first_call_s"] = round(time.perf_counter() - t, 1)
@@ -136,7 +136,7 @@ def ppo_bench(policy: Path, minilm: Path, data: Path, out: Path, args) -> dict:
             AutoTokenizer.from_pretrained(minilm).save_pretrained(target)
             write_dimension(target, name=name, kind=kind)
     results = {}
-    vllm_block = {"name": "vllm", "dtype": "float32", "max_model_len": 512, "kv_cache_gib": 2.0}
+    vllm_block = {"name": "vllm", "dtype": "float32", "max_model_len": 512, "kv_cache_gib": 2}
     for backend, block, merge in (("hf", "hf", True), ("vllm", vllm_block, False)):  # each as it runs best
         run = out / f"ppo_{backend}"
         gen = {"max_new_tokens": 32, "merge_adapter": merge, "backend": block}

@@ -1,6 +1,7 @@
 """Serve the whole front: an OpenAI-compatible chat endpoint with a per-request preference, and a page to explore it.
 
     python -m rlhf.serve --run RUN [--host 127.0.0.1 --port 8000] [--device cuda] [--api_key KEY]
+    python -m rlhf.serve --run RUN --engine vllm [--vllm_url URL]     # decoded by vLLM, each preference a LoRA
 
 - ``POST /v1/chat/completions``: OpenAI's body plus ``preference``: a list of D weights on the simplex, or an object
   keyed by the run's objective names (default: the centre of the simplex); ``stream: true`` answers with server-sent
@@ -13,6 +14,8 @@
 
 Requests join the running batch between decode steps and leave when done (continuous batching, one lambda and one
 seed per row), so a request's text never depends on its neighbours. Prompts are laid out as the run trained them.
+``--engine vllm`` hands decoding to a vLLM engine in its own environment (``rlhf/serving/vllm_decoder.py``): the base
+loaded once, each request's preference a LoRA request, vLLM's own continuous batching and streaming.
 Bounds: body size (413), messages and prompt tokens, the queue (429 with Retry-After), a per-request deadline (504);
 a client that goes away is dropped from the batch. Only this machine's Host names are served (``--allowed_hosts``
 for more), no cross-origin use, JSON bodies only, and with ``--api_key`` (or $PANACEA_API_KEY) every /v1/ request

@@ -183,6 +183,16 @@ def test_per_sample_lambdas_are_checked_against_max_loras_before_any_model_loads
     assert grouped.generation.backend.max_loras == 4  # 8 samples of 4 prompts: 4 lambdas, 4 slots
 
 
+def test_serving_on_a_missing_vllm_environment_is_refused_before_the_model_loads(tmp_path, no_model_loads):
+    from rlhf.core.config import load_config as load
+    from rlhf.serving.server import ServeConfig
+
+    with pytest.raises(EngineError, match=r"vllm_python .*nowhere/python.* does not exist\. Build it with `bash "
+                                          r"scripts/setup_vllm.sh`.*or set vllm_url to a running vLLM server"):
+        load(ServeConfig, None, ["--run", str(tmp_path), "--engine", "vllm", "--vllm_python",
+                                 str(tmp_path / "nowhere" / "python")])
+
+
 def test_the_engine_serves_in_the_policys_precision_unless_told(world, monkeypatch):
     """With no dtype given the server gets the policy's (here fp32): vLLM's own "auto" would serve an fp32
     checkpoint in 16 bits, and the sampler would draw from another distribution than PPO's log-probs assume (the

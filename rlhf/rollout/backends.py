@@ -175,7 +175,7 @@ class VLLMBackendConfig(BackendConfig):
     seed: int = doc_field(0, "the server's own seed (rows are sampled with per-row seeds regardless)")
     memory_fraction: float = doc_field(0.3, "--gpu-memory-utilization: the share of accelerator (on CPU: host) memory "
                                             "the server takes; the trainer needs the rest")
-    kv_cache_gib: float = doc_field(1.0, "KV cache on a CPU server (VLLM_CPU_KVCACHE_SPACE) in GiB")
+    kv_cache_gib: int = doc_field(1, "KV cache on a CPU server (VLLM_CPU_KVCACHE_SPACE) in whole GiB")
     startup_timeout_s: float = doc_field(600.0, "seconds to wait for a started server's /health")
     request_timeout_s: float = doc_field(600.0, "seconds one completion request may take")
     concurrency: int = doc_field(64, "rows in flight at once (one request per row)")
@@ -185,6 +185,8 @@ class VLLMBackendConfig(BackendConfig):
 
     def __post_init__(self) -> None:
         check(self.max_loras >= 1, "generation.backend.max_loras", f"must be >= 1, got {self.max_loras}")
+        check(self.kv_cache_gib >= 1, "generation.backend.kv_cache_gib", f"must be >= 1 (whole GiB), got "
+                                                                         f"{self.kv_cache_gib}")
         check(0 < self.memory_fraction <= 1, "generation.backend.memory_fraction",
               f"must be in (0, 1], got {self.memory_fraction}")
         check(self.concurrency >= 1, "generation.backend.concurrency", f"must be >= 1, got {self.concurrency}")

@@ -63,16 +63,18 @@ def lora_rank(r: int) -> int:
                       f"adapter.rank")
 
 
-def find_python(python: Optional[str]) -> Path:
+def find_python(python: Optional[str], field: str = "generation.backend.python",
+                url_field: str = "generation.backend.url") -> Path:
     """The vLLM environment's interpreter: ``python`` if given, else ``$PANACEA_VLLM_PYTHON``, else the repository's
-    ``.venv-vllm`` (what ``scripts/setup_vllm.sh`` builds). Refused, saying how to build it, when none exists."""
+    ``.venv-vllm`` (what ``scripts/setup_vllm.sh`` builds). Refused, saying how to build it, when none exists;
+    ``field`` / ``url_field``: the config fields the message names."""
     given = python or os.environ.get("PANACEA_VLLM_PYTHON")
     path = Path(given) if given else REPO_VENV
     if not path.is_file():
-        where = (f"generation.backend.python {given!r}" if python else
+        where = (f"{field} {given!r}" if python else
                  f"PANACEA_VLLM_PYTHON={given!r}" if given else f"the default {REPO_VENV}")
         raise EngineError(f"no vLLM environment: {where} does not exist. Build it with `bash scripts/setup_vllm.sh` "
-                          f"(its own venv: vLLM's pins differ from ours), or set generation.backend.url to a running "
+                          f"(its own venv: vLLM's pins differ from ours), or set {url_field} to a running "
                           f"vLLM server started with --enable-lora")
     return path
 
@@ -89,9 +91,12 @@ class VLLMServer:
     def __init__(self, model: str, *, url: Optional[str] = None, python: Optional[str] = None,
                  tokenizer: Optional[str] = None, max_lora_rank: int = 16, max_loras: int = 8,
                  max_model_len: Optional[int] = None, dtype: Optional[str] = None, seed: int = 0,
-                 memory_fraction: float = 0.3, kv_cache_gib: float = 1.0, startup_timeout_s: float = 300.0,
+                 memory_fraction: float = 0.3, kv_cache_gib: int = 1, startup_timeout_s: float = 300.0,
                  request_timeout_s: float = 300.0, extra_args: tuple[str, ...] = (), concurrency: int = 64,
-                 chunked_prefill: bool = False, log_dir: Optional[str] = None) -> None:
+                 chunked_prefill: bool = False, log_dir: Optional[str] = None,
+                 logprobs_mode: str = "processed_logprobs") -> None:
+        """``logprobs_mode``: processed_logprobs (after temperature and top-p: what a rollout's sampler drew from,
+        as the trainer computes them) or raw_logprobs (the model's own: what a served completion reports)."""
         import httpx
 
         self.model, self.max_loras, self.concurrency = model, max_loras, concurrency
@@ -103,7 +108,7 @@ class VLLMServer:
             cmd = [str(find_python(python)), "-m", SERVER_MODULE, "--model", model, "--served-model-name",
                    BASE_NAME, "--host", "127.0.0.1", "--port", str(port), "--enable-lora",
                    "--max-lora-rank", str(max_lora_rank), "--max-loras", str(max_loras), "--dtype", dtype or "auto",
-                   "--seed", str(seed), "--logprobs-mode", "processed_logprobs",
+                   "--seed", str(seed), "--logprobs-mode", logprobs_mode,
                    "--gpu-memory-utilization", str(memory_fraction), *extra_args]
             if tokenizer:
                 cmd += ["--tokenizer", tokenizer]
@@ -113,7 +118,7 @@ class VLLMServer:
                 # whose prefill is split ("CPU Generator does not use offset"); a step must then hold a whole prompt
                 cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(8192, max_model_len or 0))]
             env = dict(os.environ, VLLM_ALLOW_RUNTIME_LORA_UPDATING="True",
-                       VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", f"{kv_cache_gib:g}"))
+                       VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gib))))
             log_dir_path = Path(log_dir or tempfile.gettempdir())
             log_dir_path.mkdir(parents=True, exist_ok=True)
             self.log_path = log_dir_path / f"vllm_server_rank{engine.rank()}_{port}.log"

@@ -38,7 +38,9 @@ class ServeConfig:
     run: str = doc_field("", "the trained run (RUN or RUN/policy)")
     host: str = doc_field("127.0.0.1", "interface to listen on (127.0.0.1: this machine only)")
     port: int = doc_field(8000, "TCP port")
-    engine: Literal["hf"] = doc_field("hf", "decoder: hf = this package's continuous batcher on the run's model")
+    engine: Literal["hf", "vllm"] = doc_field(
+        "hf", "decoder: hf = this package's continuous batcher on the run's model; vllm = a vLLM engine in its own "
+              "environment (scripts/setup_vllm.sh), each request's preference a LoRA request on the base loaded once")
     front: Optional[str] = doc_field(None, "pareto.json the page plots (null: RUN/eval/pareto.json when it exists)")
     device: Optional[str] = doc_field(None, "where the model runs (null: the GPU when there is one, else the CPU)")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = doc_field("auto", "weights' dtype (auto: bf16 on a GPU, fp32 "
@@ -58,6 +60,18 @@ class ServeConfig:
     max_body_bytes: int = doc_field(1_000_000, "request body size limit (larger: 413)")
     request_timeout_s: float = doc_field(300.0, "a request not answered by then is abandoned (504)")
     tokenize_workers: int = doc_field(2, "threads that render and tokenise prompts (never the decoder's)")
+    vllm_url: Optional[str] = doc_field(None, "--engine vllm: a running vLLM OpenAI server on the run's base model "
+                                              "(--served-model-name base --enable-lora, VLLM_ALLOW_RUNTIME_LORA_"
+                                              "UPDATING=True); null: start one from the vLLM environment")
+    vllm_python: Optional[str] = doc_field(None, "--engine vllm: the vLLM environment's python (null: "
+                                                 "$PANACEA_VLLM_PYTHON, else the repository's .venv-vllm)")
+    vllm_max_loras: int = doc_field(8, "--engine vllm: distinct preferences decoded in one engine step (--max-loras)")
+    vllm_adapters: int = doc_field(32, "--engine vllm: preferences kept loaded as adapters; beyond it the least "
+                                       "recently used idle one is unloaded")
+    vllm_memory_fraction: float = doc_field(0.5, "--engine vllm: the share of accelerator (on a CPU: host) memory "
+                                                 "the engine takes (--gpu-memory-utilization)")
+    vllm_kv_cache_gib: int = doc_field(1, "--engine vllm on a CPU: its KV cache in whole GiB (VLLM_CPU_KVCACHE_SPACE)")
+    vllm_startup_timeout_s: float = doc_field(600.0, "--engine vllm: seconds to wait for a started engine")
     decode_threads: Optional[int] = doc_field(1, "torch threads of the decoding thread on a CPU (null: torch's "
                                                  "default); measured here, one decodes small models fastest and "
                                                  "leaves the other cores to HTTP and tokenising; ignored on a GPU")
@@ -72,6 +86,19 @@ class ServeConfig:
         for name in ("max_queue", "max_prompt_length", "max_messages", "max_body_bytes", "tokenize_workers"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         check(self.request_timeout_s > 0, "request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
+        check(self.vllm_max_loras >= 1, "vllm_max_loras", f"must be >= 1, got {self.vllm_max_loras}")
+        check(self.vllm_kv_cache_gib >= 1, "vllm_kv_cache_gib", f"must be >= 1 (whole GiB), got "
+                                                                 f"{self.vllm_kv_cache_gib}")
+        check(self.vllm_adapters >= self.vllm_max_loras, "vllm_adapters",
+              f"must be >= vllm_max_loras ({self.vllm_max_loras}), got {self.vllm_adapters}")
+        check(0 < self.vllm_memory_fraction <= 1, "vllm_memory_fraction",
+              f"must be in (0, 1], got {self.vllm_memory_fraction}")
+        check(self.vllm_url is None or self.vllm_url.startswith(("http://", "https://")), "vllm_url",
+              f"must start with http:// or https://, got {self.vllm_url!r}")
+        if self.engine == "vllm" and self.vllm_url is None:
+            from rlhf.rollout.vllm_engine import find_python
+
+            find_python(self.vllm_python, "vllm_python", "vllm_url")  # refused here, before the model loads
 
     @property
     def key(self) -> Optional[str]:
@@ -225,15 +252,28 @@ class Engine:
         self.cfg = cfg
         device, dtype = placement(cfg.device, cfg.dtype)
         model, self.tokenizer, self.info = load_run_model(cfg.run, dtype)
-        self.model = model.to(device).eval()
+        # --engine vllm decodes in its own process: the model here only supplies each preference's adapter factors
+        self.model = model.to(device if cfg.engine == "hf" else "cpu").eval()
         self.names = self.info.objective_names
         self.template = self.info.prompt_template or DEFAULT_TEMPLATE
         if self.info.prompt_template is None and not getattr(self.tokenizer, "chat_template", None):
             warnings.warn(f"{self.info.path}/run.json does not record the prompt layout the run trained with (written "
                           f"before it was recorded): using the default layout")
         self.positions = model_positions(self.model.config)
-        self.batcher = ContinuousBatcher(self.model, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
-                                         cfg.max_batch_size, cfg.max_queue, cfg.batch_window_ms, cfg.decode_threads)
+        if cfg.engine == "vllm":
+            from rlhf.serving.vllm_decoder import VLLMDecoder
+
+            self.batcher: Any = VLLMDecoder(
+                self.model, self.info.base_model, str(self.info.path), self.tokenizer.eos_token_id,
+                max_batch_size=cfg.max_batch_size, max_queue=cfg.max_queue, max_adapters=cfg.vllm_adapters,
+                server_settings=dict(url=cfg.vllm_url, python=cfg.vllm_python, max_loras=cfg.vllm_max_loras,
+                                     memory_fraction=cfg.vllm_memory_fraction, kv_cache_gib=cfg.vllm_kv_cache_gib,
+                                     startup_timeout_s=cfg.vllm_startup_timeout_s,
+                                     request_timeout_s=cfg.request_timeout_s))
+        else:
+            self.batcher = ContinuousBatcher(self.model, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
+                                             cfg.max_batch_size, cfg.max_queue, cfg.batch_window_ms,
+                                             cfg.decode_threads)
         self.workers = ThreadPoolExecutor(cfg.tokenize_workers, thread_name_prefix="panacea-tokenize")
 
     @property
