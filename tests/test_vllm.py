@@ -193,6 +193,28 @@ def test_serving_on_a_missing_vllm_environment_is_refused_before_the_model_loads
                                  str(tmp_path / "nowhere" / "python")])
 
 
+def test_merged_sync_is_refused_with_per_sample_lambdas_and_an_adapted_tied_head(world, tmp_path, no_model_loads):
+    """sync: merged holds one lambda's weights: per-sample lambdas are refused before any model loads; an adapter on
+    an LM head tied to the embeddings is refused before the engine starts (vLLM keeps a tied head's old weights)."""
+    from rlhf.core.config import ConfigError
+
+    vllm = {"name": "vllm", "url": "http://127.0.0.1:9", "sync": "merged"}
+    with pytest.raises(ConfigError, match=r"generation.backend.sync.*merged holds one lambda's weights at a time, but "
+                                          r"preference.per: sample"):
+        load_config(PPOConfig, make_config(world, tmp_path / "run", preference={"name": "dirichlet", "per": "sample"},
+                                           generation={"max_new_tokens": 8, "merge_adapter": False, "backend": vllm}))
+
+
+def test_merged_sync_refuses_an_adapted_tied_head(world):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(world / "base")
+    model.config.tie_word_embeddings = True
+    apply_svd_lora(model, SVDLoRAConfig(rank=2, pref_dim=2, target_modules=("q_proj", "lm_head")))
+    with pytest.raises(EngineError, match="adapts the LM head, which this model ties to its input embeddings"):
+        make_backend("vllm", sync="merged", url="http://127.0.0.1:9")._start(model)
+
+
 def test_the_engine_serves_in_the_policys_precision_unless_told(world, monkeypatch):
     """With no dtype given the server gets the policy's (here fp32): vLLM's own "auto" would serve an fp32
     checkpoint in 16 bits, and the sampler would draw from another distribution than PPO's log-probs assume (the
@@ -263,6 +285,50 @@ def test_sampled_tokens_log_probs_are_the_trainers(server, policy):
 
 
 @needs_vllm
+def test_merged_sync_decodes_as_hf_and_follows_each_update(base128, policy, tmp_path):
+    """sync: merged (its own server, started by the backend): the engine's adapted weights become W0 + dW(lambda),
+    reloaded in place, and the plain base decodes: greedy equals HF under one lambda, under per-row lambdas (one
+    reload each) and for the base; after an update the next rollout reloads and follows it; sampled tokens' log-probs
+    are the trainer's."""
+    from rlhf.adapter.svd_lora import adapter_disabled, scoped_preference
+    from rlhf.rollout.rollout import response_logprobs
+
+    tok, model = policy
+    backend = make_backend("vllm", sync="merged", max_model_len=256)
+    kw = dict(max_prompt_length=64, max_new_tokens=12, temperature=1.0, top_p=1.0, do_sample=False, backend=backend)
+    try:
+        for pref in (torch.tensor([0.8, 0.2]), torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])):
+            out = generate(model, tok, PROMPTS, pref, **kw)
+            ref, _ = hf_greedy(model, tok, PROMPTS, pref)
+            assert same_tokens(responses(out, tok.eos_token_id), ref, tok.eos_token_id)
+        with adapter_disabled(model):
+            base = responses(generate(model, tok, PROMPTS, None, **kw), tok.eos_token_id)
+            ref, _ = hf_greedy(model, tok, PROMPTS, None)
+        assert same_tokens(base, ref, tok.eos_token_id)
+        lam = torch.tensor([0.5, 0.5])
+        before = generate(model, tok, PROMPTS, lam, **kw)[0]
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_U" in name:
+                    p.mul_(-3.0)
+        backend.after_update(model)
+        after = generate(model, tok, PROMPTS, lam, **kw)
+        ref, _ = hf_greedy(model, tok, PROMPTS, lam)
+        assert same_tokens(responses(after, tok.eos_token_id), ref, tok.eos_token_id)
+        assert not torch.equal(after[0], before)
+        n_weights = sum(p.numel() * 4 for n, p in model.named_parameters() if n.endswith(".base.weight"))
+        assert backend.last_sync["bytes"] == n_weights  # the adapted modules' weights, not the whole model
+        seqs, mask, P, rmask, sampler = generate_with_sampler_logprobs(
+            model, tok, PROMPTS, lam, max_prompt_length=64, max_new_tokens=16, temperature=1.2, top_p=1.0,
+            do_sample=True, backend=backend, seeds=torch.tensor([1, 2, 3, 4]))
+        with scoped_preference(model, lam):
+            ours, _ = response_logprobs(model, seqs, mask, rmask.shape[1], 1.2)                  # (B, T)
+        assert ((ours - sampler).abs() * rmask).sum() / rmask.sum() < 1e-4
+    finally:
+        backend.close()
+
+
+@needs_vllm
 def test_after_an_update_the_next_rollout_reflects_the_new_adapter(server, policy):
     """An optimiser step changes the adapter; after ``after_update`` the engine decodes with the new one (as HF
     does), and without it the old adapter would still be loaded (the sync is what changed the tokens)."""
@@ -284,6 +350,27 @@ def test_after_an_update_the_next_rollout_reflects_the_new_adapter(server, polic
     assert same_tokens(responses(after, tok.eos_token_id), ref, tok.eos_token_id)
     assert not torch.equal(after[0], before)
     assert 0 < backend.last_sync["bytes"] < 1e6  # only the adapter went over
+
+
+@needs_vllm
+def test_an_update_never_reuses_prompt_kv_cached_under_the_old_adapter(server, policy):
+    """Prompts longer than a KV block are prefix-cached by the engine; after an update the same prompts must be
+    prefilled afresh under the new adapter (vLLM keys the cache by adapter name and path: reloading new weights from
+    the same path would reuse the old KV and decode a mix of old and new policy)."""
+    tok, model = policy
+    backend = make_backend("vllm", url=server.url)
+    long = [" ".join(["Tell me more about bread, chess and tomatoes."] * 14) + f" {p}" for p in PROMPTS[:2]]
+    kw = dict(max_prompt_length=230, max_new_tokens=8, temperature=1.0, top_p=1.0, do_sample=False)
+    lam = torch.tensor([0.3, 0.7])
+    generate(model, tok, long, lam, backend=backend, **kw)   # the prompts' blocks are cached now
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_U" in name:
+                p.mul_(-3.0)
+    backend.after_update(model)
+    got = generate(model, tok, long, lam, backend=backend, **kw)
+    want = generate(model, tok, long, lam, **kw)              # HF
+    assert same_tokens(responses(got, tok.eos_token_id), responses(want, tok.eos_token_id), tok.eos_token_id)
 
 
 @needs_vllm

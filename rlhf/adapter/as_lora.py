@@ -69,6 +69,29 @@ def lora_tensors(model: nn.Module, preferences: list[Any],
     return out
 
 
+@torch.no_grad()
+def merged_tensors(model: nn.Module, preference: Any,
+                   gather: Optional[Callable[[list[nn.Parameter]], ContextManager]] = None) -> dict[str, torch.Tensor]:
+    """The adapted modules' weights at ``preference``, ``W0 + dW(lambda)`` (W0 alone for None), under the base
+    checkpoint's names (``<module>.weight``) and laid out like its weights: what an engine that holds the plain base
+    reloads in place to decode at base speed. Only the adapted modules (never the embeddings or the LM head, which
+    the adapter does not change). ``gather``: as ``lora_tensors``; here W0 of each adapted module is gathered too."""
+    out: dict[str, torch.Tensor] = {}
+    for name, layer in svd_lora_layers(model):
+        params = [layer.base.weight, layer.lora_U, layer.lora_V, layer.lora_sigma, layer.lora_s]
+        with gather(params) if gather is not None else contextlib.nullcontext():
+            w = layer.base.weight.detach()                                                    # (out, in) or (in, out)
+            if preference is not None:
+                lam = validate_preference(preference, layer.pref_dim)
+                if lam.dim() != 1:
+                    raise PreferenceError("merged weights need one preference vector (D,), not a batch")
+                w = w + layer.delta_weight(lam.to(layer.lora_s)).to(w.dtype)
+            out[f"{name}.weight"] = w.cpu().clone().contiguous()
+    if not out:
+        raise ValueError("model has no SVD-LoRA adapter: call apply_svd_lora(model, cfg) first")
+    return out
+
+
 def save_peft_adapter(tensors: dict[str, torch.Tensor], config: dict[str, Any], out: Path) -> int:
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` into ``out`` (the weights replaced atomically:
     a reader never sees half a file); returns the bytes of weights written."""

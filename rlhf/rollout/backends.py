@@ -35,7 +35,7 @@ and whose ``build()`` returns the ``GenerationBackend`` above.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional, Protocol
+from typing import Any, ClassVar, Literal, Optional, Protocol
 
 import torch
 from torch import nn
@@ -159,6 +159,11 @@ class HFStaticCompileConfig(BackendConfig):
 class VLLMBackendConfig(BackendConfig):
     """vLLM in its own environment: the base loaded once, each step's adapter(s) synced as LoRA (megabytes)."""
 
+    sync: Literal["adapter", "merged"] = doc_field(
+        "adapter", "how each step's policy reaches the engine: adapter = each distinct lambda written as a LoRA "
+                   "(megabytes; per-sample lambdas too); merged = one lambda per batch, W0 + dW(lambda) of the adapted "
+                   "modules reloaded into the engine in place (the plain base decodes, no LoRA kernels: faster "
+                   "decoding, a bigger sync; the engine runs in vLLM's development mode for /collective_rpc)")
     url: Optional[str] = doc_field(None, "a running vLLM OpenAI server (started with --enable-lora, "
                                          "--served-model-name base, VLLM_ALLOW_RUNTIME_LORA_UPDATING=True); null: the "
                                          "trainer starts one per rank on the first rollout")
@@ -201,6 +206,10 @@ class VLLMBackendConfig(BackendConfig):
               "the vllm backend syncs only the adapter to its engine (the base stays loaded there): set "
               "generation.merge_adapter: false")
         preference, batch = getattr(run_cfg, "preference", None), getattr(run_cfg, "rollout_batch_size", None)
+        check(not (self.sync == "merged" and preference is not None and preference.per_row),
+              "generation.backend.sync", "merged holds one lambda's weights at a time, but preference.per: sample "
+                                         "draws one lambda per prompt: use sync: adapter (one LoRA per lambda), or "
+                                         "preference.per: batch")
         if preference is not None and preference.per_row and batch is not None:
             # per: sample draws one lambda per prompt (a group shares one): each needs an adapter slot of its own
             per_step = batch // run_cfg.advantage.samples_per_prompt
@@ -215,7 +224,7 @@ class VLLMBackendConfig(BackendConfig):
     def build(self) -> GenerationBackend:
         from rlhf.rollout.vllm_engine import VLLMBackend
 
-        settings = {k: getattr(self, k) for k in ("url", "python", "tokenizer", "max_loras", "max_model_len",
+        settings = {k: getattr(self, k) for k in ("sync", "url", "python", "tokenizer", "max_loras", "max_model_len",
                                                    "dtype", "seed", "memory_fraction", "kv_cache_gib",
                                                    "startup_timeout_s", "request_timeout_s", "concurrency",
                                                    "chunked_prefill")}

@@ -3,8 +3,12 @@
 The base weights W0 never change during Panacea training, and at one preference the adapter is an ordinary LoRA of
 rank k + D (``rlhf/adapter/as_lora.py``). So a vLLM OpenAI server loads the base **once**, and every step it is handed
 only the adapter at that step's preference(s): each distinct lambda of a batch is written as a PEFT adapter (a few
-MB) into its slot directory and loaded in place under the slot's name (``POST /v1/load_lora_adapter`` with
-``load_inplace``), then every row is one completion request naming its lambda's slot. A batch with more distinct
+MB) into a new directory and loaded in place under the slot's name (``POST /v1/load_lora_adapter`` with
+``load_inplace``; a new path, because vLLM keys its prefix cache by adapter name and path and would otherwise reuse a
+prompt's KV blocks computed under the old weights), then every row is one completion request naming its lambda's slot.
+``sync: merged`` instead reloads W0 + dW(lambda) of the adapted modules into the plain base in place (vLLM's
+``reload_weights`` through its development endpoint ``/collective_rpc``) and resets the prefix cache: base decoding
+speed, one lambda per reload. A batch with more distinct
 lambdas than the server's ``max_loras`` decodes in waves of ``max_loras``.
 
 vLLM lives in its own environment (its pins differ from ours: ``requirements-vllm.txt``,
@@ -37,7 +41,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from rlhf.adapter.as_lora import lora_config, lora_tensors, save_peft_adapter
+from rlhf.adapter.as_lora import lora_config, lora_tensors, merged_tensors, save_peft_adapter
 from rlhf.adapter.svd_lora import PreferenceError, svd_lora_layers
 from rlhf.core.errors import InputError
 from rlhf.runtime import engine
@@ -94,9 +98,12 @@ class VLLMServer:
                  memory_fraction: float = 0.3, kv_cache_gib: int = 1, startup_timeout_s: float = 300.0,
                  request_timeout_s: float = 300.0, extra_args: tuple[str, ...] = (), concurrency: int = 64,
                  chunked_prefill: bool = False, log_dir: Optional[str] = None,
-                 logprobs_mode: str = "processed_logprobs") -> None:
+                 logprobs_mode: str = "processed_logprobs", enable_lora: bool = True, reloadable: bool = False
+                 ) -> None:
         """``logprobs_mode``: processed_logprobs (after temperature and top-p: what a rollout's sampler drew from,
-        as the trainer computes them) or raw_logprobs (the model's own: what a served completion reports)."""
+        as the trainer computes them) or raw_logprobs (the model's own: what a served completion reports).
+        ``enable_lora``: serve LoRA requests (the adapter sync); ``reloadable``: weights reloaded in place from a
+        directory (``reload_weights``: the merged sync; vLLM's development endpoint /collective_rpc)."""
         import httpx
 
         self.model, self.max_loras, self.concurrency = model, max_loras, concurrency
@@ -106,10 +113,11 @@ class VLLMServer:
             port = _free_port()
             self.url = f"http://127.0.0.1:{port}"
             cmd = [str(find_python(python)), "-m", SERVER_MODULE, "--model", model, "--served-model-name",
-                   BASE_NAME, "--host", "127.0.0.1", "--port", str(port), "--enable-lora",
-                   "--max-lora-rank", str(max_lora_rank), "--max-loras", str(max_loras), "--dtype", dtype or "auto",
+                   BASE_NAME, "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype or "auto",
                    "--seed", str(seed), "--logprobs-mode", logprobs_mode,
                    "--gpu-memory-utilization", str(memory_fraction), *extra_args]
+            if enable_lora:
+                cmd += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", str(max_loras)]
             if tokenizer:
                 cmd += ["--tokenizer", tokenizer]
             if max_model_len:
@@ -119,6 +127,8 @@ class VLLMServer:
                 cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(8192, max_model_len or 0))]
             env = dict(os.environ, VLLM_ALLOW_RUNTIME_LORA_UPDATING="True",
                        VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gib))))
+            if reloadable:  # /collective_rpc (reload_weights) is served only in vLLM's development mode
+                env["VLLM_SERVER_DEV_MODE"] = "1"
             log_dir_path = Path(log_dir or tempfile.gettempdir())
             log_dir_path.mkdir(parents=True, exist_ok=True)
             self.log_path = log_dir_path / f"vllm_server_rank{engine.rank()}_{port}.log"
@@ -195,6 +205,17 @@ class VLLMServer:
         except ValueError:
             return {"text": r.text}  # e.g. load_lora_adapter's "Success: ..." 
 
+    def reload_weights(self, path: Path) -> None:
+        """Reload the weights found in ``path`` (safetensors, checkpoint names) in place; the others stay."""
+        try:
+            self._call("POST", "/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": str(path)}})
+        except EngineError as err:
+            if "HTTP 404" in str(err):
+                raise EngineError(f"the vLLM server at {self.url} has no /collective_rpc: the merged sync reloads "
+                                  f"weights through it, served only in vLLM's development mode: start the server "
+                                  f"with VLLM_SERVER_DEV_MODE=1 (or let the trainer start one)") from None
+            raise
+
     def load_adapter(self, name: str, path: Path) -> None:
         """Load (or replace in place) the LoRA adapter ``name`` from ``path``."""
         self._call("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path),
@@ -224,10 +245,15 @@ class VLLMBackend:
     name, static_shapes, own_sampler = "vllm", False, True
 
     def __init__(self, settings: dict[str, Any]) -> None:
+        settings = dict(settings)
+        self.sync = settings.pop("sync", "adapter")  # adapter: LoRA requests; merged: W0 + dW(lambda) reloaded
         self.settings = settings            # VLLMServer keyword arguments, from the config block
+        self.loaded: tuple = ("w0",)        # merged sync: what the engine's weights hold, (version, lambda) or W0
         self.server: Optional[VLLMServer] = None
         self.version = 0                    # bumped by every optimiser update: the loaded adapters are stale
         self.slots: dict[int, tuple[int, tuple[float, ...]]] = {}   # slot -> (version, lambda) it holds
+        self.slot_dirs: dict[int, Path] = {}                         # slot -> the directory it was loaded from
+        self.loads = 0                                               # adapter loads so far (names their folders)
         self.sync_dir: Optional[Path] = None
         self.lora_config: Optional[dict[str, Any]] = None
         self.gather: Optional[Any] = None
@@ -248,11 +274,22 @@ class VLLMBackend:
             # draws from another distribution than the one PPO's old log-probs describe (measured on the quickstart:
             # 2.5e-3 nats per token apart in bf16 against 5e-6 in fp32)
             settings["dtype"] = settings.get("dtype") or str(next(model.parameters()).dtype).removeprefix("torch.")
-            self.server = VLLMServer(base, max_lora_rank=lora_rank(r), **settings)
+            merged = self.sync == "merged"
+            if merged:
+                head = model.get_output_embeddings()
+                tied = getattr(model.config.get_text_config(), "tie_word_embeddings", False)
+                if tied and any(layer is head or layer.base is head for layer in layers):
+                    raise EngineError("generation.backend.sync: merged reloads the adapted modules' weights, but the "
+                                      "adapter adapts the LM head, which this model ties to its input embeddings "
+                                      "(vLLM keeps a tied head's old weights on reload): use sync: adapter, or leave "
+                                      "the LM head out of adapter.target_modules")
+            self.server = VLLMServer(base, max_lora_rank=lora_rank(r), enable_lora=not merged, reloadable=merged,
+                                     **settings)
             self.sync_dir = Path(tempfile.mkdtemp(prefix=f"panacea_vllm_sync_rank{engine.rank()}_"))
             atexit.register(shutil.rmtree, self.sync_dir, True)
             self.lora_config = lora_config(model, base) if layers else None
-            # ZeRO-3 partitions the adapter's factors: the sync gathers them (and only them); decided once per run
+            # ZeRO-3 partitions the adapter's factors: the sync gathers them (adapter sync: only them; merged sync:
+            # the adapted modules' W0 too); decided once per run
             self.gather = engine.gathered if any(hasattr(p, "ds_id") for p in model.parameters()) else None
         return self.server
 
@@ -281,12 +318,44 @@ class VLLMBackend:
         t0, nbytes = time.perf_counter(), 0
         if stale:
             for (j, lam), tensors in zip(stale, lora_tensors(model, [list(lam) for _, lam in stale], self.gather)):
-                nbytes += save_peft_adapter(tensors, self.lora_config, self.sync_dir / f"slot{j}")
-                server.load_adapter(self._slot_name(j), self.sync_dir / f"slot{j}")
-                self.slots[j] = (self.version, lam)
+                # a new directory for every load: vLLM keys its prefix cache by (adapter name, path), so a prompt's
+                # cached KV blocks computed under the previous weights are never reused under these
+                self.loads += 1
+                folder = self.sync_dir / f"slot{j}_{self.loads}"
+                nbytes += save_peft_adapter(tensors, self.lora_config, folder)
+                server.load_adapter(self._slot_name(j), folder)
+                old = self.slot_dirs.get(j)
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)  # loaded into the engine already: the files can go
+                self.slots[j], self.slot_dirs[j] = (self.version, lam), folder
         self.last_sync["seconds"] = self.last_sync.get("seconds", 0.0) + time.perf_counter() - t0
         self.last_sync["bytes"] = self.last_sync.get("bytes", 0.0) + nbytes
         return {lam: self._slot_name(j) for j, lam in enumerate(wave)}
+
+    def _reload(self, model: nn.Module, lam: Optional[tuple[float, ...]]) -> dict[Any, str]:
+        """Merged sync: the engine's adapted weights become W0 + dW(lam) (W0 for None) unless they already are; the
+        rows are then decoded by the plain base at base speed. Returns lam -> the served name."""
+        server = self.server
+        assert server is not None and self.sync_dir is not None
+        key = ("w0",) if lam is None else (self.version, lam)
+        t0, nbytes = time.perf_counter(), 0
+        if self.loaded != key:
+            from safetensors.torch import save_file
+
+            tensors = merged_tensors(model, None if lam is None else list(lam), self.gather)
+            folder = self.sync_dir / "merged"
+            folder.mkdir(exist_ok=True)
+            save_file(tensors, str(folder / "model.safetensors.tmp"), metadata={"format": "pt"})
+            (folder / "model.safetensors.tmp").replace(folder / "model.safetensors")
+            self.loaded = ("pending",)  # a reload that fails leaves the engine's weights unknown
+            server.reload_weights(folder)
+            # prompts' cached KV blocks were computed with the previous weights (the cache is keyed by tokens only)
+            server._call("POST", "/reset_prefix_cache")
+            self.loaded = key
+            nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        self.last_sync["seconds"] = self.last_sync.get("seconds", 0.0) + time.perf_counter() - t0
+        self.last_sync["bytes"] = self.last_sync.get("bytes", 0.0) + nbytes
+        return {lam: BASE_NAME}
 
     @staticmethod
     def _slot_name(j: int) -> str:
@@ -306,11 +375,16 @@ class VLLMBackend:
             seeds = torch.randint(0, 2 ** 31 - 1, (B,))
         prompts = [ids[m.bool()].tolist() for ids, m in zip(input_ids.cpu(), attention_mask.cpu())]
         self.last_sync = {"seconds": 0.0, "bytes": 0.0}
-        # rows of the base first (no adapter needed), then waves of at most max_loras distinct lambdas
-        waves = [[]] + [distinct[i:i + server.max_loras] for i in range(0, len(distinct), server.max_loras)]
         results: list[Optional[tuple[list[int], list[float]]]] = [None] * B
+        if self.sync == "merged":  # one reload per distinct lambda (W0 itself for the base's rows)
+            waves: list[list[Any]] = [[lam] for lam in dict.fromkeys(lams)]
+        else:  # rows of the base first (no adapter needed), then waves of at most max_loras distinct lambdas
+            waves = [[]] + [distinct[i:i + server.max_loras] for i in range(0, len(distinct), server.max_loras)]
         for wave in waves:
-            served = self._sync(model, wave) if wave else {None: BASE_NAME}
+            if self.sync == "merged":
+                served = self._reload(model, wave[0])
+            else:
+                served = self._sync(model, wave) if wave else {None: BASE_NAME}
             futures = {i: server.pool.submit(
                 server.complete, served[lams[i]], prompts[i], max_tokens=max_new_tokens,
                 temperature=temperature if do_sample else 0.0, top_p=top_p if do_sample else 1.0,
