@@ -20,7 +20,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Literal, Optional
+from typing import Any, AsyncIterator, Callable, Literal, NamedTuple, Optional
 
 import torch
 from fastapi import Request  # module level: FastAPI resolves the endpoints' annotations against these globals
@@ -95,10 +95,7 @@ class ServeConfig:
               f"must be in (0, 1], got {self.vllm_memory_fraction}")
         check(self.vllm_url is None or self.vllm_url.startswith(("http://", "https://")), "vllm_url",
               f"must start with http:// or https://, got {self.vllm_url!r}")
-        if self.engine == "vllm" and self.vllm_url is None:
-            from rlhf.rollout.vllm_engine import find_python
-
-            find_python(self.vllm_python, "vllm_python", "vllm_url")  # refused here, before the model loads
+        DECODERS[self.engine].check(self)  # e.g. a missing vLLM environment, refused before the model loads
 
     @property
     def key(self) -> Optional[str]:
@@ -247,33 +244,20 @@ class Engine:
         from rlhf.adapter.policy import load_run_model
         from rlhf.data.chat import DEFAULT_TEMPLATE, model_positions
         from rlhf.runtime.engine import placement
-        from rlhf.serving.decoder import ContinuousBatcher
 
         self.cfg = cfg
         device, dtype = placement(cfg.device, cfg.dtype)
         model, self.tokenizer, self.info = load_run_model(cfg.run, dtype)
-        # --engine vllm decodes in its own process: the model here only supplies each preference's adapter factors
-        self.model = model.to(device if cfg.engine == "hf" else "cpu").eval()
+        decoder = DECODERS[cfg.engine]
+        # an engine in its own process (vllm) decodes there: the model here only supplies each lambda's adapter
+        self.model = model.to(device if decoder.in_process else "cpu").eval()
         self.names = self.info.objective_names
         self.template = self.info.prompt_template or DEFAULT_TEMPLATE
         if self.info.prompt_template is None and not getattr(self.tokenizer, "chat_template", None):
             warnings.warn(f"{self.info.path}/run.json does not record the prompt layout the run trained with (written "
                           f"before it was recorded): using the default layout")
         self.positions = model_positions(self.model.config)
-        if cfg.engine == "vllm":
-            from rlhf.serving.vllm_decoder import VLLMDecoder
-
-            self.batcher: Any = VLLMDecoder(
-                self.model, self.info.base_model, str(self.info.path), self.tokenizer.eos_token_id,
-                max_batch_size=cfg.max_batch_size, max_queue=cfg.max_queue, max_adapters=cfg.vllm_adapters,
-                server_settings=dict(url=cfg.vllm_url, python=cfg.vllm_python, max_loras=cfg.vllm_max_loras,
-                                     memory_fraction=cfg.vllm_memory_fraction, kv_cache_gib=cfg.vllm_kv_cache_gib,
-                                     startup_timeout_s=cfg.vllm_startup_timeout_s,
-                                     request_timeout_s=cfg.request_timeout_s))
-        else:
-            self.batcher = ContinuousBatcher(self.model, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
-                                             cfg.max_batch_size, cfg.max_queue, cfg.batch_window_ms,
-                                             cfg.decode_threads)
+        self.batcher: Any = decoder.build(self, cfg)
         self.workers = ThreadPoolExecutor(cfg.tokenize_workers, thread_name_prefix="panacea-tokenize")
 
     @property
@@ -303,6 +287,44 @@ class Engine:
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+class Decoder(NamedTuple):
+    """One ``--engine``: where it decodes, what it checks before the model loads, and how it is built."""
+
+    in_process: bool                                   # decodes the run's model in this process
+    check: Callable[[ServeConfig], None]               # raises naming the field, before any model loads
+    build: Callable[[Engine, ServeConfig], Any]        # the batcher: submit(job), queued, stats
+
+
+def _hf_decoder(engine: Engine, cfg: ServeConfig) -> Any:
+    from rlhf.serving.decoder import ContinuousBatcher
+
+    return ContinuousBatcher(engine.model, engine.tokenizer.eos_token_id, engine.tokenizer.pad_token_id,
+                             cfg.max_batch_size, cfg.max_queue, cfg.batch_window_ms, cfg.decode_threads)
+
+
+def _vllm_check(cfg: ServeConfig) -> None:
+    if cfg.vllm_url is None:
+        from rlhf.rollout.vllm_engine import find_python
+
+        find_python(cfg.vllm_python, "vllm_python", "vllm_url")
+
+
+def _vllm_decoder(engine: Engine, cfg: ServeConfig) -> Any:
+    from rlhf.serving.vllm_decoder import VLLMDecoder
+
+    return VLLMDecoder(engine.model, engine.info.base_model, str(engine.info.path), engine.tokenizer.eos_token_id,
+                       max_batch_size=cfg.max_batch_size, max_queue=cfg.max_queue, max_adapters=cfg.vllm_adapters,
+                       server_settings=dict(url=cfg.vllm_url, python=cfg.vllm_python, max_loras=cfg.vllm_max_loras,
+                                            memory_fraction=cfg.vllm_memory_fraction,
+                                            kv_cache_gib=cfg.vllm_kv_cache_gib,
+                                            startup_timeout_s=cfg.vllm_startup_timeout_s,
+                                            request_timeout_s=cfg.request_timeout_s))
+
+
+DECODERS: dict[str, Decoder] = {"hf": Decoder(True, lambda cfg: None, _hf_decoder),
+                                "vllm": Decoder(False, _vllm_check, _vllm_decoder)}
 
 
 class Stream:
