@@ -499,3 +499,24 @@ def test_vllm_ppo_resumes_exactly_after_kill_9(world, base128, server, tmp_path)
     full = untimed_metrics(tmp_path / "full")
     assert untimed_metrics(tmp_path / "killed") == full
     assert len({json.dumps(r.get("train/score/helpful")) for r in full}) > 1  # sampled, not constant
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_zero3_on_two_ranks_syncs_the_gathered_adapter(world, base128, server, tmp_path):
+    """ZeRO-3 partitions the adapter's factors over 2 ranks: each rank's sync gathers them whole (and only them) and
+    loads them under its own adapter names on the shared engine; the engine then samples from exactly the trainer's
+    policy (its token log-probs equal the trainer's), step after step."""
+    import subprocess
+
+    from tests.helpers import clean_env
+
+    out = tmp_path / "z3"
+    cfg = vllm_ppo_config(world, base128, out, server.url, ds_config="ds_configs/zero3.json", world_size=2,
+                          total_steps=3)
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", "29791", "rlhf/train_ppo.py", "--config", str(cfg)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [r for r in untimed_metrics(out) if "train/kl" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(r["rollout/logprob_diff_max"] < 1e-3 and r["rollout/logprob_diff_mean"] < 1e-5 for r in rows), rows
