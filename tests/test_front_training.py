@@ -82,3 +82,26 @@ def test_eval_config_needs_prompts_and_score_models(world, tmp_path):
 
     with pytest.raises(ConfigError, match=r"'eval.prompts': is required when eval.every > 0"):
         load(make_config(world, tmp_path / "r"), "--eval.every", "5")
+
+
+def test_the_front_builds_its_decoder_once_per_run_and_tells_it_of_each_update(world, tmp_path, monkeypatch):
+    """An engine behind the front (e.g. a vLLM server) starts once per run, not at every evaluation, and is told
+    before each later evaluation that the model changed (so it syncs the new adapter)."""
+    from rlhf.rollout import backends
+    from rlhf.training.ppo import PPOTrainer
+
+    built, updates = [], []
+
+    class Counting(backends.HFEager):
+        def after_update(self, model):
+            updates.append(model)
+
+    monkeypatch.setattr(backends.HFBackendConfig, "build", lambda self: built.append(self) or Counting())
+    trainer = PPOTrainer(load(make_config(world, tmp_path / "ppo", total_steps=3, eval=eval_block(world))))
+    n_rollout = len(built)  # the rollouts' own decoder
+    trainer.train()
+    assert [r["step"] for r in fronts(tmp_path / "ppo")] == [0, 2, 3]
+    assert len(built) - n_rollout == 1                      # the front's decoder: one for three evaluations
+    evaluations_after_the_first = 2
+    rollout_updates = 3                                     # the rollouts' decoder hears of every optimiser step
+    assert len(updates) == rollout_updates + evaluations_after_the_first

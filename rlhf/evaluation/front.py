@@ -88,11 +88,13 @@ class FrontGenerator:
     run; training passes its live actor). Prompts are given with their global indices, which key their noise."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: FrontEvalFields, one_at_a_time: bool = False,
-                 synced_gpus: bool = False) -> None:
+                 synced_gpus: bool = False, backend: Any = None) -> None:
+        """``backend``: a decoder built from ``cfg.backend`` already (the training front keeps one for the run);
+        None builds one."""
         self.model, self.tokenizer, self.cfg, self.one_at_a_time = model, tokenizer, cfg, one_at_a_time
         self.gen_kwargs = dict(max_prompt_length=cfg.max_prompt_length, max_new_tokens=cfg.max_new_tokens,
                                temperature=cfg.temperature, top_p=cfg.top_p, do_sample=not cfg.greedy,
-                               backend=cfg.backend.build(),
+                               backend=backend if backend is not None else cfg.backend.build(),
                                synced_gpus=synced_gpus)
 
     def _generate(self, prompts: list[str], pref: Optional[torch.Tensor], keys: list[int], k: int) -> list[str]:

@@ -75,6 +75,9 @@ class TrainingFront:
         self.keys = mine + mine[:1] * (per - len(mine))
         self.reference: Optional[list[float]] = None
         self.base: Optional[dict[str, np.ndarray]] = None                              # scorer -> (1, N, D)
+        # one decoder for the run (an engine such as vLLM starts once, not at every evaluation), told before each
+        # evaluation that the model changed since the last
+        self.backend: Any = None
 
     def due(self, step: int, last: int) -> bool:
         """Whether the schedule (``eval.every``, and the last step) evaluates after step ``step``."""
@@ -96,7 +99,11 @@ class TrainingFront:
 
     def __call__(self, model: torch.nn.Module) -> dict[str, Any]:
         """The front's record (``summarize``), with the run's fixed reference point. Collective: every rank calls."""
-        gen = FrontGenerator(model, self.tokenizer, self.cfg, synced_gpus=self.synced)
+        if self.backend is None:
+            self.backend = self.cfg.backend.build()
+        else:
+            self.backend.after_update(model)
+        gen = FrontGenerator(model, self.tokenizer, self.cfg, synced_gpus=self.synced, backend=self.backend)
         texts, raw = [self.texts[k] for k in self.keys], [self.raw[k] for k in self.keys]
         columns = take_columns(self.columns, self.keys)
         was_training = model.training

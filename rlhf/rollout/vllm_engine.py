@@ -34,6 +34,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
@@ -254,6 +255,7 @@ class VLLMBackend:
         self.slots: dict[int, tuple[int, tuple[float, ...]]] = {}   # slot -> (version, lambda) it holds
         self.slot_dirs: dict[int, Path] = {}                         # slot -> the directory it was loaded from
         self.loads = 0                                               # adapter loads so far (names their folders)
+        self.instance = uuid.uuid4().hex[:8]                         # names this backend's adapters on the server
         self.sync_dir: Optional[Path] = None
         self.lora_config: Optional[dict[str, Any]] = None
         self.gather: Optional[Any] = None
@@ -357,9 +359,9 @@ class VLLMBackend:
         self.last_sync["bytes"] = self.last_sync.get("bytes", 0.0) + nbytes
         return {lam: BASE_NAME}
 
-    @staticmethod
-    def _slot_name(j: int) -> str:
-        return f"panacea_r{engine.rank()}_slot{j}"
+    def _slot_name(self, j: int) -> str:
+        # unique to this backend: a trainer's rollouts and its front (or two runs) may share one server by url
+        return f"panacea_{self.instance}_r{engine.rank()}_slot{j}"
 
     @torch.no_grad()
     def generate_with_logprobs(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
