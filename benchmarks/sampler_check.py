@@ -4,7 +4,9 @@ per-row seeds), compared on what PPO sees: the trainer's mean token log-prob of 
 response length, the EOS rate and the trainer-vs-reference KL of the samples; each with its standard error.
 
     python benchmarks/sampler_check.py --run runs/quickstart/ppo --prompts runs/quickstart/data/prompts.jsonl \
-        [--n 512] [--lambda 0.5,0.5] [--backends hf,vllm]
+        [--n 512] [--lambda 0.5,0.5] [--backends hf,hf_merged,vllm]
+
+``hf_merged`` decodes with lambda merged into W0 (``generation.merge_adapter``, the shipped HF setting).
 """
 from __future__ import annotations
 
@@ -30,9 +32,12 @@ def main() -> None:
     ap.add_argument("--lambda", dest="lam", default="0.5,0.5")
     ap.add_argument("--max_new_tokens", type=int, default=40)
     ap.add_argument("--max_prompt_length", type=int, default=32)
-    ap.add_argument("--backends", default="hf,vllm")
+    ap.add_argument("--backends", default="hf,hf_merged,vllm")
     args = ap.parse_args()
+    import contextlib
+
     from rlhf.adapter.policy import load_run_model
+    from rlhf.adapter.svd_lora import merged
     from rlhf.data.chat import DEFAULT_TEMPLATE, format_prompt
     from rlhf.rollout.backends import make_backend
     from rlhf.rollout.rollout import generate, policy_and_reference_logprobs
@@ -45,14 +50,17 @@ def main() -> None:
     lam = torch.tensor([float(x) for x in args.lam.split(",")])
     rows = []
     for name in args.backends.split(","):
-        backend = make_backend(name) if name != "vllm" else make_backend("vllm", max_model_len=256)
+        merge = name == "hf_merged"
+        backend = make_backend("vllm", max_model_len=256) if name == "vllm" else make_backend("hf")
         lp, lengths, eos, kl = [], [], [], []
         t = time.perf_counter()
         for start in range(0, args.n, args.batch):
             batch = [texts[(start + i) % len(texts)] for i in range(args.batch)]
-            seqs, mask, P, rmask = generate(model, tok, batch, lam, max_prompt_length=args.max_prompt_length,
-                                            max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0,
-                                            do_sample=True, backend=backend)
+            with merged(model, lam) if merge else contextlib.nullcontext():
+                seqs, mask, P, rmask = generate(model, tok, batch, None if merge else lam,
+                                                max_prompt_length=args.max_prompt_length,
+                                                max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0,
+                                                do_sample=True, backend=backend)
             old, ref = policy_and_reference_logprobs(model, seqs, mask, rmask.shape[1], 1.0, lam)  # (B, T) each
             n = rmask.sum(1).clamp(min=1)                                                           # (B,)
             lp += ((old * rmask).sum(1) / n).tolist()
