@@ -84,6 +84,17 @@ def find_python(python: Optional[str], field: str = "generation.backend.python",
     return path
 
 
+def model_settings(model: nn.Module) -> dict[str, Any]:
+    """The server settings a policy implies: the LoRA rank its adapter needs, its context length and its own
+    precision (vLLM's "auto" serves an fp32 checkpoint in bf16/fp16, and the sampler then draws from another
+    distribution than the trainer's log-probs describe: measured on the quickstart, 2.5e-3 nats per token apart in
+    bf16 against 5e-6 in fp32)."""
+    layer = next((m for _, m in svd_lora_layers(model)), None)
+    return {"max_lora_rank": lora_rank(layer.rank + layer.pref_dim if layer is not None else 1),
+            "max_model_len": getattr(model.config.get_text_config(), "max_position_embeddings", None),
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -217,6 +228,13 @@ class VLLMServer:
                                   f"with VLLM_SERVER_DEV_MODE=1 (or let the trainer start one)") from None
             raise
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prompt KV block (development mode): after the weights changed under them."""
+        self._call("POST", "/reset_prefix_cache")
+
+    def unload_adapter(self, name: str) -> None:
+        self._call("POST", "/v1/unload_lora_adapter", {"lora_name": name})
+
     def load_adapter(self, name: str, path: Path) -> None:
         """Load (or replace in place) the LoRA adapter ``name`` from ``path``."""
         self._call("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path),
@@ -264,18 +282,14 @@ class VLLMBackend:
     def _start(self, model: nn.Module) -> VLLMServer:
         if self.server is None:
             layers = [m for _, m in svd_lora_layers(model)]
-            r = layers[0].rank + layers[0].pref_dim if layers else 1
             base = getattr(model.config, "_name_or_path", "")
             if not base or not (Path(base).exists() or "/" in base):
                 raise EngineError("the vLLM backend needs the policy loaded from a path or hub name (its "
                                   "config._name_or_path), which the engine loads as the base")
+            implied = model_settings(model)
             settings = dict(self.settings)
-            settings["max_model_len"] = settings.get("max_model_len") or getattr(
-                model.config.get_text_config(), "max_position_embeddings", None)
-            # the policy's own precision: vLLM's "auto" serves an fp32 checkpoint in bf16/fp16, and the sampler then
-            # draws from another distribution than the one PPO's old log-probs describe (measured on the quickstart:
-            # 2.5e-3 nats per token apart in bf16 against 5e-6 in fp32)
-            settings["dtype"] = settings.get("dtype") or str(next(model.parameters()).dtype).removeprefix("torch.")
+            settings["max_model_len"] = settings.get("max_model_len") or implied["max_model_len"]
+            settings["dtype"] = settings.get("dtype") or implied["dtype"]  # the policy's own unless told
             merged = self.sync == "merged"
             if merged:
                 head = model.get_output_embeddings()
@@ -285,8 +299,8 @@ class VLLMBackend:
                                       "adapter adapts the LM head, which this model ties to its input embeddings "
                                       "(vLLM keeps a tied head's old weights on reload): use sync: adapter, or leave "
                                       "the LM head out of adapter.target_modules")
-            self.server = VLLMServer(base, max_lora_rank=lora_rank(r), enable_lora=not merged, reloadable=merged,
-                                     **settings)
+            self.server = VLLMServer(base, max_lora_rank=implied["max_lora_rank"], enable_lora=not merged,
+                                     reloadable=merged, **settings)
             self.sync_dir = Path(tempfile.mkdtemp(prefix=f"panacea_vllm_sync_rank{engine.rank()}_"))
             atexit.register(shutil.rmtree, self.sync_dir, True)
             self.lora_config = lora_config(model, base) if layers else None
@@ -352,7 +366,7 @@ class VLLMBackend:
             self.loaded = ("pending",)  # a reload that fails leaves the engine's weights unknown
             server.reload_weights(folder)
             # prompts' cached KV blocks were computed with the previous weights (the cache is keyed by tokens only)
-            server._call("POST", "/reset_prefix_cache")
+            server.reset_prefix_cache()
             self.loaded = key
             nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         self.last_sync["seconds"] = self.last_sync.get("seconds", 0.0) + time.perf_counter() - t0

@@ -28,8 +28,7 @@ from typing import Any, Optional
 from torch import nn
 
 from rlhf.adapter.as_lora import lora_config, lora_tensors, save_peft_adapter
-from rlhf.adapter.svd_lora import svd_lora_layers
-from rlhf.rollout.vllm_engine import VLLMServer, lora_rank
+from rlhf.rollout.vllm_engine import VLLMServer, model_settings
 from rlhf.serving.decoder import Job
 
 
@@ -38,14 +37,10 @@ class VLLMDecoder:
 
     def __init__(self, model: nn.Module, base: str, tokenizer_path: str, eos_token_id: int, *, max_batch_size: int,
                  max_queue: int, max_adapters: int, server_settings: dict[str, Any]) -> None:
-        layer = next(m for _, m in svd_lora_layers(model))
         self.model, self.eos, self.max_adapters = model, eos_token_id, max_adapters
         self.max_batch, self.max_queue = max_batch_size, max_queue
-        max_model_len = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        self.server = VLLMServer(base, tokenizer=tokenizer_path, max_lora_rank=lora_rank(layer.rank + layer.pref_dim),
-                                 max_model_len=max_model_len, dtype=dtype, logprobs_mode="raw_logprobs",
-                                 concurrency=max_batch_size, **server_settings)
+        self.server = VLLMServer(base, tokenizer=tokenizer_path, **model_settings(model),
+                                 logprobs_mode="raw_logprobs", concurrency=max_batch_size, **server_settings)
         self.lora_config = lora_config(model, base)
         self.sync_dir = Path(tempfile.mkdtemp(prefix="panacea_serve_vllm_"))
         self.adapters: OrderedDict[tuple[float, ...], str] = OrderedDict()   # lambda -> served name, LRU order
@@ -105,8 +100,7 @@ class VLLMDecoder:
             if self.in_use.get(name, 0):
                 continue
             del self.adapters[lam]
-            await asyncio.get_running_loop().run_in_executor(
-                None, self.server._call, "POST", "/v1/unload_lora_adapter", {"lora_name": name})
+            await asyncio.get_running_loop().run_in_executor(None, self.server.unload_adapter, name)
             shutil.rmtree(self.sync_dir / name, ignore_errors=True)
             self.stats["adapters_unloaded"] += 1
 
