@@ -215,6 +215,14 @@ def test_merged_sync_refuses_an_adapted_tied_head(world):
         make_backend("vllm", sync="merged", url="http://127.0.0.1:9")._start(model)
 
 
+def test_a_fractional_kv_cache_is_refused_before_the_engine_starts():
+    """vLLM's CPU KV cache is whole GiB (VLLM_CPU_KVCACHE_SPACE): 0.5 crashed the engine at start-up."""
+    from rlhf.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="kv_cache_gib"):
+        make_backend("vllm", url="http://127.0.0.1:9", kv_cache_gib=0.5)
+
+
 def test_the_engine_serves_in_the_policys_precision_unless_told(world, monkeypatch):
     """With no dtype given the server gets the policy's (here fp32): vLLM's own "auto" would serve an fp32
     checkpoint in 16 bits, and the sampler would draw from another distribution than PPO's log-probs assume (the
@@ -371,6 +379,23 @@ def test_an_update_never_reuses_prompt_kv_cached_under_the_old_adapter(server, p
     got = generate(model, tok, long, lam, backend=backend, **kw)
     want = generate(model, tok, long, lam, **kw)              # HF
     assert same_tokens(responses(got, tok.eos_token_id), responses(want, tok.eos_token_id), tok.eos_token_id)
+
+
+@needs_vllm
+def test_two_backends_sharing_one_server_keep_their_own_adapters(server, policy):
+    """A trainer's rollouts and its front (or two runs) may share one server by url: each backend's adapters have
+    names of their own, so one never decodes under the lambda the other loaded."""
+    tok, model = policy
+    a, b = make_backend("vllm", url=server.url), make_backend("vllm", url=server.url)
+    kw = dict(max_prompt_length=64, max_new_tokens=12, temperature=1.0, top_p=1.0, do_sample=False)
+    lam_a, lam_b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    generate(model, tok, PROMPTS, lam_a, backend=a, **kw)   # a loads lam_a into its first slot
+    generate(model, tok, PROMPTS, lam_b, backend=b, **kw)   # b loads lam_b into its first slot
+    again = generate(model, tok, PROMPTS, lam_a, backend=a, **kw)   # a's slot still holds lam_a: no reload
+    ref, _ = hf_greedy(model, tok, PROMPTS, lam_a)
+    other, _ = hf_greedy(model, tok, PROMPTS, lam_b)
+    assert not torch.equal(ref, other), "the two lambdas must decode differently, or the test proves nothing"
+    assert same_tokens(responses(again, tok.eos_token_id), ref, tok.eos_token_id)
 
 
 @needs_vllm
